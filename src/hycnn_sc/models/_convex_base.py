@@ -1,0 +1,235 @@
+"""Shared machinery of the input-convex potentials (HyCNN and ICNN).
+
+Both families compute, for layers ``l = 0 .. L-1``,
+
+    pre_l = V_l z_l + A_l x + b_l          (no ``V`` term for ``l = 0``)
+    z_{l+1} = merge_l(pre_l)
+
+and output ``f(x) = v_outᵀ z_L + a_outᵀ x + c``. The z-path weights ``V_l`` and ``v_out`` are
+kept non-negative by a softplus reparameterisation; the input skips ``A_l``, the biases and the
+output's linear term are free. ``merge_l`` is convex and non-decreasing in each argument (a gate
+for HyCNN, an activation for ICNN), so every ``z`` is convex in ``x`` and so is ``f``.
+
+Two implementation choices matter for speed:
+
+* all input skips (``A_l`` of every layer and both branches, plus ``a_out``) are one stacked
+  matrix, so the whole x-path of a forward pass is a single matrix product;
+* every parameter carries a leading ``n_models`` axis, so ``K`` independent potentials are
+  evaluated (and trained) as one batched computation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._utils import check_hidden, check_positive
+
+#: Number of standard-normal probe points used by the moment-matching initialisation.
+N_PROBES = 512
+
+
+def softplus_inverse(value: torch.Tensor) -> torch.Tensor:
+    """Inverse of softplus for positive ``value`` (numerically stable)."""
+    return value + torch.log(-torch.expm1(-value))
+
+
+class ConvexPotential(nn.Module):
+    """Base class of input-convex scalar potentials ``f: R^d -> R`` (see module docstring).
+
+    Subclasses set :attr:`n_branches` and implement :meth:`merge`.
+
+    Parameters
+    ----------
+    in_features
+        Input dimension ``d``.
+    hidden
+        Width of each hidden layer.
+    n_models
+        Number of independent potentials stored side by side (batched training of many maps).
+    skip_variance
+        Share of each pre-activation's initial variance that comes from the input skip
+        (the rest from the positive z-path); see :meth:`reset_parameters`.
+    zero_skip_init
+        Start the input skips of layers ``l >= 1`` at zero (the z-path carries all variance).
+    """
+
+    n_branches: int = 1
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int],
+        *,
+        n_models: int = 1,
+        skip_variance: float = 0.5,
+        zero_skip_init: bool = False,
+    ) -> None:
+        super().__init__()
+        check_positive(in_features, "in_features", integer=True)
+        check_positive(n_models, "n_models", integer=True)
+        if not 0.0 <= skip_variance <= 1.0:
+            raise ValueError(f"skip_variance must lie in [0, 1], got {skip_variance!r}.")
+        self.in_features = int(in_features)
+        self.hidden = check_hidden(hidden)
+        self.n_models = int(n_models)
+        self.skip_variance = float(skip_variance)
+        self.zero_skip_init = bool(zero_skip_init)
+        branch_widths = [self.n_branches * width for width in self.hidden]
+        # Row blocks of the stacked input matrix: one per layer, then one row for a_outᵀ x + c.
+        self._split_sizes = [*branch_widths, 1]
+        rows = sum(self._split_sizes)
+        self.input_weight = nn.Parameter(torch.empty(self.n_models, rows, self.in_features))
+        self.input_bias = nn.Parameter(torch.empty(self.n_models, rows))
+        self.hidden_weight_raw = nn.ParameterList(
+            nn.Parameter(torch.empty(self.n_models, out_width, in_width))
+            for out_width, in_width in zip(branch_widths[1:], self.hidden[:-1], strict=True)
+        )
+        self.output_weight_raw = nn.Parameter(torch.empty(self.n_models, self.hidden[-1]))
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ structure
+    def merge(self, pre: torch.Tensor, layer: int) -> torch.Tensor:
+        """Map pre-activations ``[..., n_branches * width]`` of ``layer`` to ``z [..., width]``."""
+        raise NotImplementedError
+
+    @property
+    def n_params(self) -> int:
+        """Number of trainable parameters of one potential (excluding the ``n_models`` copies)."""
+        return sum(p.numel() for p in self.parameters()) // self.n_models
+
+    def extra_repr(self) -> str:
+        text = f"in_features={self.in_features}, hidden={self.hidden}"
+        if self.n_models != 1:
+            text += f", n_models={self.n_models}"
+        return text
+
+    # ------------------------------------------------------------------ forward
+    def _input_path(self, x: torch.Tensor) -> list[torch.Tensor]:
+        skips = torch.matmul(x, self.input_weight.transpose(-1, -2)) + self.input_bias.unsqueeze(-2)
+        return list(skips.split(self._split_sizes, dim=-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Evaluate the potential.
+
+        Parameters
+        ----------
+        x
+            ``[n, d]`` points, or ``[n_models, n, d]`` with one batch per stacked model.
+
+        Returns
+        -------
+        ``[n]`` when ``n_models == 1`` and ``x`` is 2-D, else ``[n_models, n]``.
+        """
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Expected inputs with {self.in_features} features, got shape {tuple(x.shape)}."
+            )
+        skips = self._input_path(x)
+        z = self.merge(skips[0], 0)
+        for layer, raw in enumerate(self.hidden_weight_raw, start=1):
+            pre = skips[layer] + torch.matmul(z, F.softplus(raw).transpose(-1, -2))
+            z = self.merge(pre, layer)
+        out = (z * F.softplus(self.output_weight_raw).unsqueeze(-2)).sum(-1) + skips[-1].squeeze(-1)
+        if x.dim() == 2 and self.n_models == 1:
+            return out.squeeze(0)
+        return out
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Moment-matching initialisation for positive z-path weights.
+
+        Positive weights make all units of a layer positively correlated, so the usual
+        fan-in scaling lets activations drift in mean and explode or vanish in variance with
+        depth (Hoedt & Klambauer, 2023, "Principled weight initialisation for input-convex
+        neural networks"). Following their moment-matching principle, we draw positive
+        z-path weights ``V ~ U(0.1, 1)`` (as softplus of a raw parameter) and Gaussian input
+        skips ``A ~ N(0, 1/d)``, then propagate ``N_PROBES`` standard-normal probe inputs
+        layer by layer and rescale every row so that, per unit and branch, the z-path
+        contributes variance ``1 - skip_variance``, the input skip ``skip_variance`` and the
+        bias cancels the mean: each pre-activation starts with mean 0 and variance 1 at
+        every depth. The output's z-term is scaled to unit variance and centred; ``a_out``
+        starts at zero. Inputs are expected to be roughly standardised (the estimators in
+        this package standardise internally).
+        """
+        generator = generator if generator is not None else torch.default_generator
+        device = self.input_weight.device
+        n_models, d = self.n_models, self.in_features
+
+        weight = torch.randn(self.input_weight.shape, generator=generator) / math.sqrt(d)
+        bias = torch.zeros(self.input_bias.shape)
+        probes = torch.randn(n_models, N_PROBES, d, generator=generator)
+        starts = [0]
+        for size in self._split_sizes:
+            starts.append(starts[-1] + size)
+
+        def normalise(values: torch.Tensor, target_var: float) -> tuple[torch.Tensor, torch.Tensor]:
+            std = values.std(dim=1, keepdim=True).clamp_min(1e-8)
+            scale = math.sqrt(target_var) / std  # [E, 1, units]
+            return scale.squeeze(1), (values * scale).mean(dim=1)
+
+        z = None
+        for layer in range(len(self.hidden)):
+            rows = slice(starts[layer], starts[layer + 1])
+            skip = probes @ weight[:, rows].transpose(-1, -2)
+            if layer == 0:
+                scale, mean = normalise(skip, 1.0)
+                weight[:, rows] *= scale.unsqueeze(-1)
+                pre = skip * scale.unsqueeze(1)
+                bias[:, rows] = -mean
+            else:
+                raw = self.hidden_weight_raw[layer - 1]
+                positive = torch.empty(raw.shape).uniform_(0.1, 1.0, generator=generator)
+                path = z @ positive.transpose(-1, -2)
+                skip_share = 0.0 if self.zero_skip_init else self.skip_variance
+                path_scale, path_mean = normalise(path, 1.0 - skip_share)
+                positive *= path_scale.unsqueeze(-1)
+                if skip_share == 0.0:
+                    weight[:, rows] = 0.0
+                    skip_scale, skip_mean = torch.zeros_like(path_scale), torch.zeros_like(path_mean)
+                else:
+                    skip_scale, skip_mean = normalise(skip, skip_share)
+                    weight[:, rows] *= skip_scale.unsqueeze(-1)
+                bias[:, rows] = -(path_mean + skip_mean)
+                pre = path * path_scale.unsqueeze(1) + skip * skip_scale.unsqueeze(1)
+                raw.copy_(softplus_inverse(positive.clamp_min(1e-6)).to(device))
+            pre = pre + bias[:, rows].unsqueeze(1)
+            z = self.merge(pre, layer)
+
+        output = torch.full(self.output_weight_raw.shape, 1.0 / self.hidden[-1])
+        path = (z * output.unsqueeze(1)).sum(-1)
+        std = path.std(dim=1, keepdim=True).clamp_min(1e-8)
+        output = output / std
+        weight[:, -1] = 0.0
+        bias[:, -1] = -(path / std).mean(dim=1)
+        self.output_weight_raw.copy_(softplus_inverse(output).to(device))
+        self.input_weight.copy_(weight.to(device))
+        self.input_bias.copy_(bias.to(device))
+
+
+def potential_gradient(
+    potential: nn.Module, x: torch.Tensor, *, create_graph: bool = False
+) -> torch.Tensor:
+    """``∇f(x)`` of a scalar potential, row by row (works for stacked ``[n_models, n, d]`` inputs).
+
+    With ``create_graph=True`` the result stays differentiable with respect to the potential's
+    parameters (needed by the minimax objective and by gradient-matching warm starts).
+
+    Examples
+    --------
+    >>> from hycnn_sc.models import HyCNN
+    >>> f = HyCNN(3, hidden=(8, 8), tau=1.0)
+    >>> potential_gradient(f, torch.zeros(5, 3)).shape
+    torch.Size([5, 3])
+    """
+    with torch.enable_grad():
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+        values = potential(x)
+        (gradient,) = torch.autograd.grad(values.sum(), x, create_graph=create_graph)
+    return gradient
