@@ -6,12 +6,12 @@ torch input stays on its device and dtype and a 0-d tensor is returned, so a tra
 can call the metrics on the GPU without host copies (and even back-propagate through them).
 
 Pairwise distances are never held as one ``n x m`` matrix: rows are processed in blocks of
-at most ``_MAX_BLOCK_BYTES`` bytes, so a few thousand cells per population fit comfortably
-in memory.
+at most ``_MAX_BLOCK_BYTES`` (64 MiB) of distances, with a few temporaries of that size alive at
+once, so peak extra memory stays around 256 MiB whatever the number of cells.
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -126,34 +126,44 @@ def _rows_per_block(n_cols: int, element_size: int) -> int:
     return max(1, _MAX_BLOCK_BYTES // max(1, n_cols * element_size))
 
 
-def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances ``[len(a), len(b)]`` via one matrix product.
+def _sq_blocks(a: torch.Tensor, b: torch.Tensor, *, floor: float = 0.0) -> Iterator[torch.Tensor]:
+    """Yield squared distances from consecutive row blocks of ``a`` to all of ``b``.
 
-    ``‖a‖² + ‖b‖² − 2 a·b`` carries a rounding error of order ``eps · (‖a‖² + ‖b‖²)``, so values
-    below a small multiple of that are set to exactly 0: identical points (the diagonal of a
-    sample against itself, duplicated cells) then have distance 0 instead of ``sqrt(eps)``.
+    Squared distances come from one matrix product, ``‖a‖² + ‖b‖² − 2 a·b``, whose rounding
+    error is of order ``eps · (‖a‖² + ‖b‖²)``; entries below a small multiple of that are
+    replaced by ``floor`` (0 by default). Identical points (the diagonal of a sample against
+    itself, duplicated cells) thus get distance exactly 0 instead of ``sqrt(eps)``-sized noise.
+    Each block holds at most ``_MAX_BLOCK_BYTES`` bytes (at least one row).
     """
-    norms_a = (a * a).sum(dim=1)[:, None]
-    norms_b = (b * b).sum(dim=1)[None, :]
-    sq = norms_a + norms_b - 2.0 * (a @ b.T)
-    tol = (4.0 * torch.finfo(a.dtype).eps * math.sqrt(a.shape[1])) * (norms_a + norms_b)
-    return torch.where(sq > tol, sq, torch.zeros((), dtype=sq.dtype, device=sq.device))
-
-
-def _dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances with a finite (zero) gradient at zero distance."""
-    return _sq_dists(a, b).clamp_min(torch.finfo(a.dtype).tiny).sqrt()
-
-
-def _block_sum(
-    a: torch.Tensor, b: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
-    """``sum_i reduce(block_i)`` over row blocks ``a[rows]`` against all of ``b``."""
+    norms_a = (a * a).sum(dim=1)
+    norms_b = (b * b).sum(dim=1)
+    rel_tol = 4.0 * torch.finfo(a.dtype).eps * math.sqrt(a.shape[1])
     step = _rows_per_block(b.shape[0], a.element_size())
-    total = a.new_zeros(())
     for start in range(0, a.shape[0], step):
-        total = total + reduce(a[start : start + step])
+        base = norms_a[start : start + step, None] + norms_b[None, :]
+        sq = torch.addmm(base, a[start : start + step], b.T, alpha=-2.0)
+        yield torch.where(sq > base * rel_tol, sq, floor)
+
+
+def _pairwise_sum(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    floor: float = 0.0,
+) -> torch.Tensor:
+    """``sum(reduce(block) for block in _sq_blocks(a, b))``, never holding all pairs at once."""
+    total = a.new_zeros(())
+    for sq in _sq_blocks(a, b, floor=floor):
+        total = total + reduce(sq)
     return total
+
+
+def _mean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean distance over all pairs (differentiable, zero gradient at 0 distance)."""
+    tiny = torch.finfo(a.dtype).tiny  # sqrt(tiny) has a finite derivative, unlike sqrt(0)
+    total = _pairwise_sum(a, b, lambda sq: sq.sqrt().sum(), floor=tiny)
+    return total / (a.shape[0] * b.shape[0])
 
 
 def energy_distance(
@@ -197,17 +207,15 @@ def energy_distance(
     """
     (x, y), as_float = _prepare([("x", x), ("y", y)], min_rows=2)
     x, y = _center(x, y)
-
-    def mean_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        total = _block_sum(a, b, lambda rows: _dists(rows, b).sum())
-        return total / (a.shape[0] * b.shape[0])
-
-    value = 2.0 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
+    value = 2.0 * _mean_distance(x, y) - _mean_distance(x, x) - _mean_distance(y, y)
     return _finish(value.clamp_min(0.0), as_float)
 
 
 def _median_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """Median pairwise distance of the pooled sample (deterministic subsample <= 2000 points).
+
+    Taken over the ``k (k - 1) / 2`` distinct pairs; for an even count this is the lower of the
+    two middle values (``torch.median``), which is immaterial for a bandwidth.
 
     Falls back to the mean pairwise distance, then to 1.0, when the median is 0 (for example
     when most cells are identical).
@@ -220,10 +228,8 @@ def _median_distance(x: torch.Tensor, y: torch.Tensor) -> float:
             pooled = pooled[keep.to(pooled.device)]
         k = pooled.shape[0]
         upper = torch.ones(k, k, dtype=torch.bool, device=pooled.device).triu(diagonal=1)
-        dists = _dists(pooled, pooled)[upper]
-        if dists.dtype not in (torch.float32, torch.float64):
-            dists = dists.float()
-        median = float(torch.quantile(dists, 0.5))
+        dists = torch.cat(list(_sq_blocks(pooled, pooled)))[upper].sqrt()
+        median = float(dists.median())  # the lower median for an even count
         if not median > 0:
             median = float(dists.mean())
     return median if median > 0 and math.isfinite(median) else 1.0
@@ -314,11 +320,10 @@ def mmd(
     scales = [-0.5 / (s * s) for s in widths]
 
     def mean_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        def reduce(rows: torch.Tensor) -> torch.Tensor:
-            sq = _sq_dists(rows, b)
+        def reduce(sq: torch.Tensor) -> torch.Tensor:
             return sum((torch.exp(sq * c).sum() for c in scales), start=sq.new_zeros(()))
 
-        return _block_sum(a, b, reduce) / (a.shape[0] * b.shape[0] * len(scales))
+        return _pairwise_sum(a, b, reduce) / (a.shape[0] * b.shape[0] * len(scales))
 
     value = mean_kernel(x, x) + mean_kernel(y, y) - 2.0 * mean_kernel(x, y)
     return _finish(value.clamp_min(0.0), as_float)

@@ -56,6 +56,14 @@ class ConvexPotential(nn.Module):
         (the rest from the positive z-path); see :meth:`reset_parameters`.
     zero_skip_init
         Start the input skips of layers ``l >= 1`` at zero (the z-path carries all variance).
+    isotropic_quadratic
+        Initial ``α`` of an added term ``½ α ‖x‖²`` with learnable ``α = softplus(raw) > 0``;
+        ``0`` (default) adds no term. The network alone grows linearly, so its convex
+        conjugate is infinite outside a bounded set and the minimax OT objective can diverge;
+        the quadratic term makes the potential strongly convex (conjugate finite everywhere).
+        Keep ``α`` small: ``∇f = αx + ∇net`` cannot contract any direction by more than ``α``
+        until ``α`` is learned down. A scalar cannot represent an anisotropic map: the
+        network still has to learn it.
     """
 
     n_branches: int = 1
@@ -68,6 +76,7 @@ class ConvexPotential(nn.Module):
         n_models: int = 1,
         skip_variance: float = 0.5,
         zero_skip_init: bool = False,
+        isotropic_quadratic: float = 0.0,
     ) -> None:
         super().__init__()
         check_positive(in_features, "in_features", integer=True)
@@ -90,6 +99,11 @@ class ConvexPotential(nn.Module):
             for out_width, in_width in zip(branch_widths[1:], self.hidden[:-1], strict=True)
         )
         self.output_weight_raw = nn.Parameter(torch.empty(self.n_models, self.hidden[-1]))
+        check_positive(isotropic_quadratic, "isotropic_quadratic", allow_zero=True)
+        self.isotropic_quadratic = float(isotropic_quadratic)
+        self.quadratic_weight_raw = (
+            nn.Parameter(torch.empty(self.n_models)) if self.isotropic_quadratic > 0 else None
+        )
         self.reset_parameters()
 
     # ------------------------------------------------------------------ structure
@@ -106,6 +120,8 @@ class ConvexPotential(nn.Module):
         text = f"in_features={self.in_features}, hidden={self.hidden}"
         if self.n_models != 1:
             text += f", n_models={self.n_models}"
+        if self.isotropic_quadratic:
+            text += f", isotropic_quadratic={self.isotropic_quadratic}"
         return text
 
     # ------------------------------------------------------------------ forward
@@ -135,6 +151,9 @@ class ConvexPotential(nn.Module):
             pre = skips[layer] + torch.matmul(z, F.softplus(raw).transpose(-1, -2))
             z = self.merge(pre, layer)
         out = (z * F.softplus(self.output_weight_raw).unsqueeze(-2)).sum(-1) + skips[-1].squeeze(-1)
+        if self.quadratic_weight_raw is not None:
+            alpha = F.softplus(self.quadratic_weight_raw).unsqueeze(-1)
+            out = out + 0.5 * alpha * x.square().sum(-1)
         if x.dim() == 2 and self.n_models == 1:
             return out.squeeze(0)
         return out
@@ -210,6 +229,9 @@ class ConvexPotential(nn.Module):
         self.output_weight_raw.copy_(softplus_inverse(output).to(device))
         self.input_weight.copy_(weight.to(device))
         self.input_bias.copy_(bias.to(device))
+        if self.quadratic_weight_raw is not None:
+            alpha = torch.full((n_models,), self.isotropic_quadratic)
+            self.quadratic_weight_raw.copy_(softplus_inverse(alpha).to(device))
 
 
 def potential_gradient(

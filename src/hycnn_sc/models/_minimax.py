@@ -78,6 +78,7 @@ class MinimaxSettings:
     batch_size: int
     lr: float
     lr_final_fraction: float
+    lr_warmup_fraction: float
     betas: tuple[float, float]
     validation_every: int
     tau: float | None
@@ -154,8 +155,8 @@ def train_minimax(
 ) -> MinimaxResult:
     """Train stacked potentials ``f`` (source → target map ``∇f``) and ``g`` (its inverse).
 
-    The loop alternates ``inner_steps`` Adam steps on ``g`` with one on ``f`` (betas and a
-    cosine learning-rate decay from ``settings``). With a validation set, the energy distance
+    The loop alternates ``inner_steps`` Adam steps on ``g`` with one on ``f`` (betas, a linear
+    learning-rate warm-up and a cosine decay from ``settings``). With a validation set, the energy distance
     between ``∇f(x_val)`` and ``y_val`` is measured every ``validation_every`` iterations and
     each stacked model keeps its best iterate. A non-finite loss restores the best iterate
     and halves the learning rate (at most ``MAX_NONFINITE_RECOVERIES`` times, then training
@@ -197,7 +198,10 @@ def train_minimax(
             best_iteration[improved] = iteration
 
     def set_learning_rate(iteration: int) -> None:
-        rate = s.lr * lr_scale * cosine_factor(iteration, s.n_iters, s.lr_final_fraction)
+        warmup = max(int(s.lr_warmup_fraction * s.n_iters), 1)
+        rate = s.lr * lr_scale * min(1.0, (iteration + 1) / warmup) * cosine_factor(
+            iteration, s.n_iters, s.lr_final_fraction
+        )
         for optimizer in (optimizer_f, optimizer_g):
             for group in optimizer.param_groups:
                 group["lr"] = rate

@@ -30,6 +30,8 @@ WARM_STARTS = ("gaussian", "identity", None)
 MIN_VALIDATION_POINTS = 8
 #: Most held-out points per side used for the validation energy distance.
 MAX_VALIDATION_POINTS = 1000
+#: Initial strength of the isotropic quadratic term added to both potentials by default.
+DEFAULT_QUADRATIC = 0.1
 #: Rows per chunk in :meth:`TransportMap.transport` and friends.
 INFERENCE_BATCH = 32768
 
@@ -58,9 +60,11 @@ class TransportMap:
         Updates of ``g`` per outer iteration.
     batch_size
         Points drawn (with replacement) from each side per step; may exceed the data size.
-    lr, lr_final_fraction, betas
-        Adam learning rate, decayed by a half cosine to ``lr * lr_final_fraction``, and Adam's
-        betas (``(0.5, 0.9)`` as in Makkuva et al.).
+    lr, lr_final_fraction, lr_warmup_fraction, betas
+        Adam learning rate, reached by a linear warm-up over the first ``lr_warmup_fraction``
+        of iterations (the minimax is most fragile right after initialisation) and decayed by
+        a half cosine to ``lr * lr_final_fraction``; Adam's betas (``(0.5, 0.9)`` as in
+        Makkuva et al.).
     tau_schedule, tau_final, tau_cycles
         Optional gate-temperature schedule for HyCNN: ``"cosine"`` anneals ``tau`` to
         ``tau_final``; ``"cosine_restarts"`` does so ``tau_cycles`` times.
@@ -78,6 +82,9 @@ class TransportMap:
         Iterations between validations; ``None`` means ``max(n_iters // 20, 1)``.
     network_kwargs
         Extra keyword arguments of the network class (e.g. ``{"activation": "softplus"}``).
+        ``isotropic_quadratic`` defaults to True here: each potential gets a learnable
+        ``½ α ‖x‖²`` term that keeps the minimax objective bounded (see
+        :class:`~hycnn_sc.models.ConvexPotential`).
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     seed
@@ -130,6 +137,7 @@ class TransportMap:
         batch_size: int = 256,
         lr: float = 1e-2,
         lr_final_fraction: float = 0.01,
+        lr_warmup_fraction: float = 0.1,
         betas: tuple[float, float] = (0.5, 0.9),
         tau_schedule: str | None = None,
         tau_final: float = 0.0,
@@ -151,6 +159,7 @@ class TransportMap:
         self.batch_size = batch_size
         self.lr = lr
         self.lr_final_fraction = lr_final_fraction
+        self.lr_warmup_fraction = lr_warmup_fraction
         self.betas = betas
         self.tau_schedule = tau_schedule
         self.tau_final = tau_final
@@ -209,6 +218,8 @@ class TransportMap:
         check_positive(self.lr, "lr")
         if not 0 < self.lr_final_fraction <= 1:
             raise ValueError(f"lr_final_fraction must lie in (0, 1], got {self.lr_final_fraction!r}.")
+        if not 0 <= self.lr_warmup_fraction < 1:
+            raise ValueError(f"lr_warmup_fraction must lie in [0, 1), got {self.lr_warmup_fraction!r}.")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}.")
         if self.model == "hycnn":
@@ -301,7 +312,7 @@ class TransportMap:
         for _ in range(2):
             potential = build_potential(
                 self.model, in_features, hidden, tau=tau, n_models=n_models,
-                network_kwargs=self.network_kwargs,
+                network_kwargs=_network_kwargs(self),
             )
             potential.reset_parameters(generator)
             potentials.append(potential.to(device))
@@ -321,7 +332,8 @@ class TransportMap:
             )
         settings = MinimaxSettings(
             n_iters=self.n_iters, inner_steps=self.inner_steps, batch_size=self.batch_size,
-            lr=self.lr, lr_final_fraction=self.lr_final_fraction, betas=tuple(self.betas),
+            lr=self.lr, lr_final_fraction=self.lr_final_fraction,
+            lr_warmup_fraction=self.lr_warmup_fraction, betas=tuple(self.betas),
             validation_every=self.validation_every or max(self.n_iters // 20, 1),
             tau=tau if self.model == "hycnn" else None, tau_schedule=self.tau_schedule,
             tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
@@ -502,7 +514,7 @@ class TransportMap:
             for prefix in ("f", "g"):
                 potential = build_potential(
                     tmap.model, in_features, params["hidden"], tau=tmap._resolved_tau(),
-                    network_kwargs=tmap.network_kwargs,
+                    network_kwargs=_network_kwargs(tmap),
                 )
                 if fitted.get("tau_") is not None:
                     potential.tau = float(fitted["tau_"])
@@ -624,10 +636,14 @@ def _split(array: np.ndarray, fraction: float, rng: np.random.Generator):
     return (array[order[n_held:]].astype(np.float32), array[order[:n_held]].astype(np.float32))
 
 
+def _network_kwargs(tmap: TransportMap) -> dict[str, Any]:
+    return {"isotropic_quadratic": DEFAULT_QUADRATIC, **(tmap.network_kwargs or {})}
+
+
 def _select_model(stacked: ConvexPotential, k: int, tmap: TransportMap, in_features: int,
                   hidden: tuple[int, ...]) -> ConvexPotential:
     single = build_potential(tmap.model, in_features, hidden, tau=getattr(stacked, "tau", None),
-                             network_kwargs=tmap.network_kwargs)
+                             network_kwargs=_network_kwargs(tmap))
     single.load_state_dict({name: value[k : k + 1].clone()
                             for name, value in stacked.state_dict().items()})
     return single.to(next(stacked.parameters()).device)

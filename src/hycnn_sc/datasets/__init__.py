@@ -1,0 +1,29 @@
+"""Real single-cell perturbation data sets.
+
+Shipped with the package (no download, a new object on every call):
+
+- :func:`kang_ifnb1k` — 832 PBMCs, control vs IFN-β stimulated, raw counts
+  (Kang et al. 2018 subset; MIT).
+- :func:`perturbseq_devel` — 5,961 Perturb-seq cells, CRISPRa/CRISPRi, four cell
+  lines, log1p-normalised, 500 genes (Norman et al. 2019 + McFaline-Figueroa et
+  al.; PerturBench, BSD-3-Clause).
+
+Downloaded from the original public source and cached:
+
+- :func:`kang2018` — the full Kang et al. 2018 batch-2 PBMC data from GEO
+  (GSE96583), demuxlet singlets, raw counts, author cell types.
+
+Provenance, licences and copyright notices: ``hycnn_sc/datasets/data/README.md``.
+
+Examples
+--------
+>>> from hycnn_sc import datasets
+>>> adata = datasets.kang_ifnb1k()
+>>> adata.obs["condition"].value_counts().to_dict()
+{'stimulated': 441, 'control': 391}
+"""
+
+from ._kang2018 import kang2018
+from ._shipped import kang_ifnb1k, perturbseq_devel
+
+__all__ = ["kang2018", "kang_ifnb1k", "perturbseq_devel"]

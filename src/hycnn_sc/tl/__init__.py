@@ -1,0 +1,11 @@
+"""Tools on AnnData: fit perturbation maps, predict perturbed cells, evaluate against held-out cells.
+
+A thin adapter: validate inputs, pull arrays out of AnnData, call :mod:`hycnn_sc.models`,
+write results back (schema in :mod:`hycnn_sc.tl._schema`).
+"""
+
+from ._evaluate import evaluate
+from ._fit import fit_transport
+from ._predict import predict
+
+__all__ = ["evaluate", "fit_transport", "predict"]

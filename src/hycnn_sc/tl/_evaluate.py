@@ -1,0 +1,196 @@
+"""``hycnn_sc.tl.evaluate``: score stored maps and baselines on held-out cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import metrics
+from ..models.gaussian import GaussianTransportMap
+from . import _inputs as inputs
+from ._predict import gene_space
+from ._schema import decode_map, find_maps, read_fitted
+
+#: Methods reported beside the model, in table order.
+BASELINES = ("identity", "mean_shift", "gaussian_ot")
+METRICS = ("mmd", "energy_distance", "r2_mean", "signature_l2")
+
+
+def _score(predicted: np.ndarray, observed: np.ndarray, control: np.ndarray) -> dict[str, float]:
+    return {
+        "mmd": metrics.mmd(predicted, observed),
+        "energy_distance": metrics.energy_distance(predicted, observed),
+        "r2_mean": metrics.r2_mean(predicted, observed),
+        "signature_l2": metrics.signature_l2(predicted, observed, control),
+    }
+
+
+def _subsample(rows: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
+    return rows if len(rows) <= n_max else np.sort(rng.choice(rows, n_max, replace=False))
+
+
+def evaluate(
+    adata: AnnData,
+    *,
+    key: str = "hycnn",
+    target: str | None = None,
+    by: str | None = None,
+    gene_space_metrics: bool = True,
+    max_cells: int = 2000,
+    seed: int = 0,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """Compare predicted with observed held-out perturbed cells, beside simple baselines.
+
+    For every stored map, the held-out control cells (see ``validation_fraction`` of
+    :func:`fit_transport`) are mapped and compared with the held-out perturbed cells. The
+    same held-out control cells are also moved by three baselines fitted on the training
+    cells: ``identity`` (unmoved control), ``mean_shift`` (control plus the difference of
+    means) and ``gaussian_ot`` (the closed-form Gaussian OT map). An ``observed`` row
+    compares the training perturbed cells with the held-out ones: the floor that sampling
+    noise alone reaches.
+
+    Metrics (see :mod:`hycnn_sc.metrics`): ``mmd`` (squared MMD, RBF kernel averaged over
+    the median-heuristic bandwidth times 0.25, 0.5, 1, 2, 4), ``energy_distance``,
+    ``r2_mean`` (squared Pearson correlation of per-feature means) and ``signature_l2``
+    (l2 error of predicted minus control mean against observed minus control mean; lower is
+    better for all but ``r2_mean``). They are computed in the representation (``space="rep"``)
+    and, when the representation is a scanpy PCA or ``X`` itself, in gene space
+    (``space="gene"``: predictions and the ``observed`` floor back-projected through the PCA,
+    compared with the held-out cells' ``X`` over the genes with PCA loadings).
+
+    Parameters
+    ----------
+    adata
+        AnnData with maps fitted by :func:`fit_transport` (held-out cells needed).
+    key
+        ``key_added`` of :func:`fit_transport`.
+    target
+        Evaluate only this target (default: all).
+    by
+        ``obs`` column (e.g. ``"cell_type"``): also report every group of it separately
+        (``group`` column), beside ``"all"``.
+    gene_space_metrics
+        Also compute gene-space metrics when possible.
+    max_cells
+        Cap on cells per compared set (random subsample), bounding run time.
+    seed
+        Seed of that subsample.
+    device
+        Where to run the maps.
+
+    Returns
+    -------
+    Long table with columns ``target``, ``stratum``, ``group``, ``space``, ``method``,
+    ``n_predicted``, ``n_observed`` and the metrics. Also stored as
+    ``adata.uns[key]['evaluation']``.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> import hycnn_sc as hs
+    >>> adata = hs.datasets.kang_ifnb1k()
+    >>> sc.pp.normalize_total(adata)
+    >>> sc.pp.log1p(adata)
+    >>> sc.pp.pca(adata, n_comps=20)
+    >>> hs.tl.fit_transport(adata, groupby="condition", source="control", n_iters=20)
+    >>> table = hs.tl.evaluate(adata)
+    >>> sorted(table["method"].unique())
+    ['gaussian_ot', 'hycnn', 'identity', 'mean_shift', 'observed']
+    """
+    stored = read_fitted(inputs.check_adata(adata), key)
+    params = stored["params"]
+    maps = find_maps(stored, target)
+    groupby, source = str(params["groupby"]), str(params["source"])
+    use_rep, layer = str(params["use_rep"]) or None, str(params["layer"]) or None
+    split_by = str(params["split_by"]) or None
+    model_name = str(params["model"])
+    split_column = f"{key}_split"
+    if split_column not in adata.obs:
+        raise KeyError(f"obs[{split_column!r}] is missing: run fit_transport with validation_fraction > 0.")
+    if by is not None and by not in adata.obs:
+        raise KeyError(f"by={by!r} is not a column of adata.obs.")
+    labels = adata.obs[groupby].astype(str).to_numpy()
+    held = (adata.obs[split_column].astype(str) == "held_out").to_numpy()
+    train = (adata.obs[split_column].astype(str) == "train").to_numpy()
+    strata = adata.obs[split_by].astype(str).to_numpy() if split_by else np.full(adata.n_obs, "")
+    by_values = adata.obs[by].astype(str).to_numpy() if by else None
+    rng = np.random.default_rng(seed)
+    gene_rows = None
+    if gene_space_metrics and "pca_components" in stored["representation"]:
+        loadings = np.asarray(stored["representation"]["pca_components"])
+        gene_rows = np.flatnonzero(np.abs(loadings).sum(axis=1) > 0)
+
+    records = []
+    for entry in maps.values():
+        label, stratum = str(entry["target"]), str(entry["stratum"])
+        in_stratum = strata == stratum
+        rows = {
+            (side, part): np.flatnonzero(in_stratum & (labels == name) & mask)
+            for side, name in (("source", source), ("target", label))
+            for part, mask in (("held", held), ("train", train))
+        }
+        if len(rows[("source", "held")]) < 2 or len(rows[("target", "held")]) < 2:
+            raise ValueError(
+                f"Map {label!r}{f' ({stratum})' if stratum else ''} has fewer than 2 held-out "
+                "cells per side: refit with a larger validation_fraction."
+            )
+        read = {k: inputs.read_rows(adata, r, use_rep, layer) for k, r in rows.items()}
+        tmap = decode_map(entry, device=device)
+        gaussian = GaussianTransportMap().fit(read[("source", "train")], read[("target", "train")])
+        shift = read[("target", "train")].mean(0) - read[("source", "train")].mean(0)
+        control = read[("source", "held")]
+        predictions = {
+            model_name: tmap.transport(control),
+            "identity": control,
+            "mean_shift": control + shift,
+            "gaussian_ot": gaussian.transport(control).astype(np.float32),
+        }
+        groups = {"all": (np.ones(len(control), bool), np.ones(len(rows[("target", "held")]), bool),
+                          np.ones(len(rows[("target", "train")]), bool))}
+        if by_values is not None:
+            for value in np.unique(by_values[rows[("target", "held")]]):
+                groups[value] = (by_values[rows[("source", "held")]] == value,
+                                 by_values[rows[("target", "held")]] == value,
+                                 by_values[rows[("target", "train")]] == value)
+        for group, (source_mask, target_mask, reference_mask) in groups.items():
+            if source_mask.sum() < 2 or target_mask.sum() < 2:
+                continue
+            pick_source = _subsample(np.flatnonzero(source_mask), max_cells, rng)
+            pick_target = _subsample(np.flatnonzero(target_mask), max_cells, rng)
+            pick_reference = _subsample(np.flatnonzero(reference_mask), max_cells, rng)
+            observed = read[("target", "held")][pick_target]
+            spaces = {"rep": (observed, control[pick_source],
+                              {m: p[pick_source] for m, p in predictions.items()},
+                              read[("target", "train")][pick_reference])}
+            if gene_rows is not None:
+                observed_genes = inputs.read_rows(adata, rows[("target", "held")][pick_target],
+                                                  None, None)[:, gene_rows]
+                # The floor goes through the same PCA reconstruction as the predictions.
+                reference_genes = gene_space(
+                    stored, read[("target", "train")][pick_reference]
+                )[:, gene_rows]
+                spaces["gene"] = (
+                    observed_genes,
+                    gene_space(stored, control[pick_source])[:, gene_rows],
+                    {m: gene_space(stored, p[pick_source])[:, gene_rows]
+                     for m, p in predictions.items()},
+                    reference_genes,
+                )
+            for space, (observed_values, control_values, predicted, reference) in spaces.items():
+                base = {"target": label, "stratum": stratum, "group": group, "space": space}
+                for method, values in [*predicted.items(), ("observed", reference)]:
+                    if len(values) < 2:
+                        continue
+                    records.append({**base, "method": method, "n_predicted": len(values),
+                                    "n_observed": len(observed_values),
+                                    **_score(values, observed_values, control_values)})
+    table = pd.DataFrame.from_records(records)
+    order = {name: i for i, name in enumerate([model_name, *BASELINES, "observed"])}
+    table = table.sort_values(
+        ["target", "stratum", "group", "space", "method"],
+        key=lambda column: column.map(order) if column.name == "method" else column,
+    ).reset_index(drop=True)
+    adata.uns[key]["evaluation"] = table
+    return table
