@@ -1,14 +1,31 @@
 """Convex potentials, estimators and trainers: a plain PyTorch + numpy library (no AnnData).
 
 Networks
-    :class:`HyCNN`, :class:`ICNN`, :class:`MLP`, :func:`potential_gradient`
+    :class:`HyCNN`, :class:`ICNN`, :class:`MLP` (baseline), :class:`ConvexPotential` (base),
+    :func:`potential_gradient`, :func:`smooth_max`
 Estimators
     :class:`ConvexRegressor`, :class:`TransportMap`, :class:`GaussianTransportMap`
+Objective
+    :mod:`hycnn_sc.models.objectives` (Makkuva et al. minimax semi-dual)
 """
 
 from ._convex_base import ConvexPotential, potential_gradient
+from .gaussian import GaussianTransportMap, gaussian_transport_matrix
 from .hycnn import HyCNN, smooth_max
 from .icnn import ICNN
 from .mlp import MLP
+from .regressor import ConvexRegressor
+from .transport import TransportMap
 
-__all__ = ["HyCNN", "ICNN", "MLP", "ConvexPotential", "potential_gradient", "smooth_max"]
+__all__ = [
+    "ConvexPotential",
+    "ConvexRegressor",
+    "GaussianTransportMap",
+    "HyCNN",
+    "ICNN",
+    "MLP",
+    "TransportMap",
+    "gaussian_transport_matrix",
+    "potential_gradient",
+    "smooth_max",
+]

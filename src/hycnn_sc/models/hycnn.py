@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ._convex_base import ConvexPotential
 from ._utils import check_positive
@@ -21,9 +22,11 @@ def smooth_max(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
     >>> smooth_max(torch.tensor([0.0]), torch.tensor([1.0]), 0.0)
     tensor([1.])
     """
+    # Written as b + relu(a - b) and b + τ softplus((a - b) / τ): the same functions as
+    # max and τ·logsumexp, but with a backward pass several times cheaper than torch.maximum's.
     if tau == 0.0:
-        return torch.maximum(a, b)
-    return tau * torch.logaddexp(a / tau, b / tau)
+        return b + F.relu(a - b)
+    return b + tau * F.softplus((a - b) / tau)
 
 
 class HyCNN(ConvexPotential):
