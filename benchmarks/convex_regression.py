@@ -50,9 +50,10 @@ def main() -> None:
                 x, y, x_test, y_test = data(seed, noise)
                 regressor = ConvexRegressor(model=model, hidden=hidden, epochs=args.epochs,
                                             lr=1e-2, batch_size=1000, seed=seed, device="cpu")
-                error, seconds = timed(
-                    lambda r=regressor: float(np.mean((r.fit(x, y).predict(x_test) - y_test) ** 2))
-                )
+                def fit_and_score(r=regressor, x=x, y=y, x_test=x_test, y_test=y_test):
+                    return float(np.mean((r.fit(x, y).predict(x_test) - y_test) ** 2))
+
+                error, seconds = timed(fit_and_score)
                 errors.append(error)
                 times.append(seconds)
             rows.append([label, f"{regressor.n_params_:,}", f"{paper:.2f}" if noise == 1 else "-",

@@ -61,7 +61,7 @@ def main() -> None:
     print(f"\n## Perturb-seq subset: K = {len(targets)} maps, {adata.n_obs} cells, 50 PCs\n")
     print_table(
         ["fit", "wall s", "x one map"],
-        [["one map alone (mean of %d)" % len(single_times), f"{one:.1f}", "1.0"],
+        [[f"one map alone (mean of {len(single_times)})", f"{one:.1f}", "1.0"],
          [f"all {len(targets)} maps batched", f"{batched_seconds:.1f}",
           f"{batched_seconds / one:.1f}"],
          [f"{len(targets)} separate fits (extrapolated)", f"{one * len(targets):.0f}",

@@ -18,12 +18,12 @@ from .regressor import ConvexRegressor
 from .transport import TransportMap
 
 __all__ = [
+    "ICNN",
+    "MLP",
     "ConvexPotential",
     "ConvexRegressor",
     "GaussianTransportMap",
     "HyCNN",
-    "ICNN",
-    "MLP",
     "TransportMap",
     "gaussian_transport_matrix",
     "potential_gradient",

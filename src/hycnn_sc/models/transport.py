@@ -383,7 +383,7 @@ class TransportMap:
             return
         device = source.values.device
         if self.warm_start == "identity":
-            forward = backward = lambda points: points  # noqa: E731
+            forward = backward = lambda points: points
         else:
             means_source, means_target, matrices, inverses = [], [], [], []
             for src, tgt in zip(source.arrays, target.arrays, strict=True):
@@ -630,7 +630,7 @@ def _common_standardisation(source: np.ndarray, target: np.ndarray) -> tuple[np.
 
 
 def _split(array: np.ndarray, fraction: float, rng: np.random.Generator):
-    n_held = int(round(fraction * len(array)))
+    n_held = round(fraction * len(array))
     if n_held < MIN_VALIDATION_POINTS or len(array) - n_held < 2:
         return array.astype(np.float32), array[:0].astype(np.float32)
     order = rng.permutation(len(array))
