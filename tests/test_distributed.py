@@ -1,6 +1,7 @@
 """fit_many_distributed with two CPU processes launched by torchrun."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,10 @@ def test_two_processes_fit_all_maps(tmp_path):
     worker = Path(__file__).with_name("_distributed_worker.py")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                "2", str(worker), str(out)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=240,
-                               env={"OMP_NUM_THREADS": "1", **__import__("os").environ})
+    source_dir = str(Path(__file__).resolve().parents[1] / "src")
+    path = os.pathsep.join(filter(None, [source_dir, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["world"] == 2

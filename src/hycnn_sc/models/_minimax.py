@@ -112,9 +112,14 @@ def warm_start(
     lr: float,
     generator: torch.Generator,
 ) -> None:
-    """Fit ``∇potential ≈ target_map`` on ``points`` by gradient matching (Adam, ``n_steps``)."""
+    """Fit ``∇potential ≈ target_map`` on ``points`` by gradient matching.
+
+    A plain (stable) regression: Adam from ``lr`` with a cosine decay to 1 % over ``n_steps``.
+    """
     optimizer = torch.optim.Adam(potential.parameters(), lr=lr)
-    for _ in range(n_steps):
+    for step in range(n_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * cosine_factor(step, n_steps, 0.01)
         batch = points.sample(batch_size, generator)
         gradient = potential_gradient(potential, batch, create_graph=True)
         loss = (gradient - target_map(batch)).square().sum(-1).mean(-1).sum()

@@ -72,6 +72,8 @@ def as_float_array(data, name: str, *, n_features: int | None = None) -> np.ndar
     if hasattr(data, "toarray"):
         data = data.toarray()
     array = np.asarray(data)
+    if np.iscomplexobj(array):
+        raise TypeError(f"{name} is complex; pass real-valued data.")
     if array.dtype == object or not (
         np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.bool_)
     ):

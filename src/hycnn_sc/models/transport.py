@@ -19,7 +19,7 @@ from ._convex_base import ConvexPotential, potential_gradient
 from ._factory import DEFAULT_HIDDEN, POTENTIALS, build_potential, check_model_name
 from ._minimax import MinimaxSettings, StackedSamples, train_minimax, warm_start
 from ._utils import as_float_array, check_hidden, check_positive, make_generator, resolve_device
-from .gaussian import gaussian_transport_matrix
+from .gaussian import GaussianTransportMap
 from .objectives import dual_w2_squared
 from .schedules import check_tau_schedule
 
@@ -30,6 +30,11 @@ WARM_STARTS = ("gaussian", "identity", None)
 MIN_VALIDATION_POINTS = 8
 #: Most held-out points per side used for the validation energy distance.
 MAX_VALIDATION_POINTS = 1000
+#: Learning rate of the warm start (a stable regression, unlike the minimax).
+WARM_START_LR = 1e-2
+#: Ridge (relative to the mean feature variance) of the covariances of the Gaussian warm start
+#: and of the Gaussian OT baseline in ``tl.evaluate``: defined with fewer cells than features.
+GAUSSIAN_RIDGE = 1e-3
 #: Initial strength of the isotropic quadratic term added to both potentials by default.
 DEFAULT_QUADRATIC = 0.1
 #: Rows per chunk in :meth:`TransportMap.transport` and friends.
@@ -75,7 +80,7 @@ class TransportMap:
         and only has to learn what it misses), to the identity (``"identity"``), or not at all
         (``None``).
     warm_start_iters
-        Gradient-matching steps of the warm start.
+        Gradient-matching steps of the warm start (Adam from ``1e-2``, cosine decay).
     validation_fraction
         Share of each side held out to pick the best iterate by the energy distance between
         ``∇f(x_val)`` and ``y_val``; ``0`` trains without validation and keeps the last iterate.
@@ -387,11 +392,13 @@ class TransportMap:
         else:
             means_source, means_target, matrices, inverses = [], [], [], []
             for src, tgt in zip(source.arrays, target.arrays, strict=True):
-                matrix = gaussian_transport_matrix(np.cov(src, rowvar=False), np.cov(tgt, rowvar=False))
-                means_source.append(src.mean(0))
-                means_target.append(tgt.mean(0))
-                matrices.append(matrix)
-                inverses.append(np.linalg.pinv(matrix))
+                # A ridge keeps the warm start defined with fewer cells than features or
+                # constant features (gene space, small strata).
+                gaussian = GaussianTransportMap(regularization=GAUSSIAN_RIDGE).fit(src, tgt)
+                means_source.append(gaussian.mean_source_)
+                means_target.append(gaussian.mean_target_)
+                matrices.append(gaussian.matrix_)
+                inverses.append(gaussian.inverse_matrix_)
 
             def stack(values):
                 return torch.as_tensor(np.stack(values), dtype=torch.float32, device=device)
@@ -405,8 +412,8 @@ class TransportMap:
             def backward(points):
                 return m0 + (points - m1) @ a_inv
 
-        options = dict(n_steps=self.warm_start_iters, batch_size=self.batch_size, lr=self.lr,
-                       generator=generator)
+        options = dict(n_steps=self.warm_start_iters, batch_size=self.batch_size,
+                       lr=WARM_START_LR, generator=generator)
         warm_start(f, source, forward, **options)
         warm_start(g, target, backward, **options)
 
@@ -418,13 +425,14 @@ class TransportMap:
                 "(or TransportMap.load(path))."
             )
 
-    def _apply(self, potential: ConvexPotential, data, name: str, batch_size: int | None,
+    def _apply(self, which: str, data, name: str, batch_size: int | None,
                progress: bool | None, gradient: bool) -> np.ndarray:
         self._check_fitted()
+        potential: ConvexPotential = getattr(self, which)
         array = as_float_array(data, name, n_features=self.in_features_)
         device = next(potential.parameters()).device
         center = torch.as_tensor(self.center_, dtype=torch.float32, device=device)
-        step = batch_size or INFERENCE_BATCH
+        step = INFERENCE_BATCH if batch_size is None else batch_size
         check_positive(step, "batch_size", integer=True)
         chunks = range(0, len(array), step)
         show = self.progress if progress is None else progress
@@ -446,15 +454,15 @@ class TransportMap:
         Works in chunks of ``batch_size`` rows (default 32768), so memory stays bounded for
         any number of points.
         """
-        return self._apply(self.f_, x, "x", batch_size, progress, gradient=True)
+        return self._apply("f_", x, "x", batch_size, progress, gradient=True)
 
     def inverse(self, y, *, batch_size: int | None = None, progress: bool | None = None) -> np.ndarray:
         """Map target points back to the source distribution: ``∇g(y)``."""
-        return self._apply(self.g_, y, "y", batch_size, progress, gradient=True)
+        return self._apply("g_", y, "y", batch_size, progress, gradient=True)
 
     def potential(self, x, *, batch_size: int | None = None) -> np.ndarray:
         """Convex potential ``F`` with ``∇F = transport``, in original coordinates."""
-        return self._apply(self.f_, x, "x", batch_size, False, gradient=False)
+        return self._apply("f_", x, "x", batch_size, False, gradient=False)
 
     def w2_squared(self, source, target) -> float:
         """Semi-dual estimate of ``W2²(source, target)`` from the trained potentials."""
@@ -530,20 +538,20 @@ class TransportMap:
                 name[len("history/") :]: np.asarray(value)
                 for name, value in arrays.items() if name.startswith("history/")
             }
-        except (KeyError, TypeError, RuntimeError, ValueError) as error:
+            tmap.in_features_ = in_features
+            tmap.scale_ = float(fitted["scale_"])
+            tmap.seed_ = int(fitted["seed_"])
+            tmap.n_params_ = int(fitted["n_params_"])
+            tmap.best_iteration_ = int(fitted["best_iteration_"])
+            tmap.converged_ = bool(fitted["converged_"])
+            tmap.interrupted_ = bool(fitted["interrupted_"])
+            tmap.nonfinite_recoveries_ = int(fitted["nonfinite_recoveries_"])
+            tmap.w2_squared_ = float(fitted["w2_squared_"])
+        except (KeyError, TypeError, RuntimeError, ValueError, AttributeError) as error:
             raise ValueError(
                 f"Cannot rebuild a TransportMap from this state: {error}. It is truncated, "
                 "tampered with or was not written by hycnn_sc; refit the map."
             ) from None
-        tmap.in_features_ = in_features
-        tmap.scale_ = float(fitted["scale_"])
-        tmap.seed_ = int(fitted["seed_"])
-        tmap.n_params_ = int(fitted["n_params_"])
-        tmap.best_iteration_ = int(fitted["best_iteration_"])
-        tmap.converged_ = bool(fitted["converged_"])
-        tmap.interrupted_ = bool(fitted["interrupted_"])
-        tmap.nonfinite_recoveries_ = int(fitted["nonfinite_recoveries_"])
-        tmap.w2_squared_ = float(fitted["w2_squared_"])
         tmap.device_ = str(resolve_device(device))
         return tmap
 
@@ -557,6 +565,8 @@ class TransportMap:
         directory = Path(path)
         if directory.exists() and not overwrite:
             raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
+        if directory.exists() and not directory.is_dir():
+            raise FileExistsError(f"{directory} is a file; save() writes a directory.")
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {name: torch.as_tensor(value) for name, value in state.pop("arrays").items()}
         torch.save(tensors, directory / "weights.pt")
@@ -574,11 +584,16 @@ class TransportMap:
             )
         try:
             state = json.loads(params_file.read_text())
+            # weights_only=True: tensors and plain containers only, never arbitrary pickled code.
             tensors = torch.load(weights_file, map_location="cpu", weights_only=True)
-        except (json.JSONDecodeError, RuntimeError, EOFError, OSError) as error:
-            raise ValueError(f"{directory} is not a readable TransportMap save: {error}") from None
-        if not isinstance(state, dict) or not isinstance(tensors, dict):
-            raise ValueError(f"{directory} is not a TransportMap save.")
+        except Exception as error:  # torch raises many types for junk: report them all alike
+            raise ValueError(
+                f"{directory} is not a readable TransportMap save ({type(error).__name__}: "
+                f"{error}); it is truncated or was not written by TransportMap.save."
+            ) from None
+        if (not isinstance(state, dict) or not isinstance(tensors, dict)
+                or not all(isinstance(v, torch.Tensor) for v in tensors.values())):
+            raise ValueError(f"{directory} is not a TransportMap save (unexpected content).")
         state["arrays"] = {name: value.numpy() for name, value in tensors.items()}
         return cls.from_state(state, device=device)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from .. import metrics
+from ..models._utils import resolve_device
 from ..models.gaussian import GaussianTransportMap
+from ..models.transport import GAUSSIAN_RIDGE
 from . import _inputs as inputs
 from ._predict import gene_space
 from ._schema import decode_map, find_maps, read_fitted
@@ -47,7 +51,8 @@ def evaluate(
     :func:`fit_transport`) are mapped and compared with the held-out perturbed cells. The
     same held-out control cells are also moved by three baselines fitted on the training
     cells: ``identity`` (unmoved control), ``mean_shift`` (control plus the difference of
-    means) and ``gaussian_ot`` (the closed-form Gaussian OT map). An ``observed`` row
+    means) and ``gaussian_ot`` (the closed-form Gaussian OT map; covariances get a ridge of
+    ``1e-3`` times the mean feature variance, so it stays defined for small groups). An ``observed`` row
     compares the training perturbed cells with the held-out ones: the floor that sampling
     noise alone reaches.
 
@@ -80,6 +85,9 @@ def evaluate(
     device
         Where to run the maps.
 
+    Maps with fewer than 2 held-out cells on a side (small strata) are left out with a
+    warning; a ``ValueError`` is raised when no map can be evaluated.
+
     Returns
     -------
     Long table with columns ``target``, ``stratum``, ``group``, ``space``, ``method``,
@@ -107,10 +115,17 @@ def evaluate(
     split_by = str(params["split_by"]) or None
     model_name = str(params["model"])
     split_column = f"{key}_split"
-    if split_column not in adata.obs:
-        raise KeyError(f"obs[{split_column!r}] is missing: run fit_transport with validation_fraction > 0.")
+    resolve_device(device)
+    if isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer)) or max_cells < 2:
+        raise ValueError(f"max_cells must be an int >= 2, got {max_cells!r}.")
+    for column in (groupby, split_column, split_by):
+        if column and column not in adata.obs:
+            raise KeyError(
+                f"obs[{column!r}] is missing; evaluate needs the AnnData the maps were fitted on "
+                "(with the columns fit_transport used and wrote)."
+            )
     if by is not None and by not in adata.obs:
-        raise KeyError(f"by={by!r} is not a column of adata.obs.")
+        raise KeyError(f"by={by!r} is not a column of adata.obs; available: {list(adata.obs.columns)}.")
     labels = adata.obs[groupby].astype(str).to_numpy()
     held = (adata.obs[split_column].astype(str) == "held_out").to_numpy()
     train = (adata.obs[split_column].astype(str) == "train").to_numpy()
@@ -123,7 +138,8 @@ def evaluate(
         gene_rows = np.flatnonzero(np.abs(loadings).sum(axis=1) > 0)
 
     records = []
-    for entry in maps.values():
+    too_few: list[str] = []
+    for mid, entry in maps.items():
         label, stratum = str(entry["target"]), str(entry["stratum"])
         in_stratum = strata == stratum
         rows = {
@@ -132,13 +148,13 @@ def evaluate(
             for part, mask in (("held", held), ("train", train))
         }
         if len(rows[("source", "held")]) < 2 or len(rows[("target", "held")]) < 2:
-            raise ValueError(
-                f"Map {label!r}{f' ({stratum})' if stratum else ''} has fewer than 2 held-out "
-                "cells per side: refit with a larger validation_fraction."
-            )
+            too_few.append(f"{label!r}" + (f" ({split_by}={stratum!r})" if stratum else ""))
+            continue
         read = {k: inputs.read_rows(adata, r, use_rep, layer) for k, r in rows.items()}
-        tmap = decode_map(entry, device=device)
-        gaussian = GaussianTransportMap().fit(read[("source", "train")], read[("target", "train")])
+        tmap = decode_map(entry, device=device, name=mid)
+        gaussian = GaussianTransportMap(regularization=GAUSSIAN_RIDGE).fit(
+            read[("source", "train")], read[("target", "train")]
+        )
         shift = read[("target", "train")].mean(0) - read[("source", "train")].mean(0)
         control = read[("source", "held")]
         predictions = {
@@ -186,7 +202,23 @@ def evaluate(
                     records.append({**base, "method": method, "n_predicted": len(values),
                                     "n_observed": len(observed_values),
                                     **_score(values, observed_values, control_values)})
-    table = pd.DataFrame.from_records(records)
+    if too_few:
+        message = (
+            f"{len(too_few)} of {len(maps)} map(s) have fewer than 2 held-out cells on a side: "
+            f"{', '.join(too_few[:10])}{' ...' if len(too_few) > 10 else ''}"
+        )
+        if len(too_few) == len(maps):
+            raise ValueError(
+                f"Nothing to evaluate: {message}. Refit with validation_fraction > 0 (or larger)."
+            )
+        warnings.warn(
+            f"Not evaluated: {message}. Refit with a larger validation_fraction to include them.",
+            UserWarning,
+            stacklevel=2,
+        )
+    columns = ["target", "stratum", "group", "space", "method", "n_predicted", "n_observed",
+               *METRICS]
+    table = pd.DataFrame.from_records(records, columns=columns)
     order = {name: i for i, name in enumerate([model_name, *BASELINES, "observed"])}
     table = table.sort_values(
         ["target", "stratum", "group", "space", "method"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -26,56 +27,88 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _model_params(model: str, seed: int | None, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+def _model_params(model: str, seed: int, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The full, validated TransportMap arguments (raises before anything is read or trained)."""
     params = dict(model_kwargs)
-    if "validation_fraction" in params:
+    valid = [p for p in TransportMap._param_names() if p not in ("model", "seed", "validation_fraction")]
+    valid.append("selection_fraction")
+    if "model_kwargs" in params:
+        raise TypeError(
+            "Pass model arguments as keywords of fit_transport, e.g. fit_transport(adata, ..., "
+            "n_iters=500, hidden=(32, 32)), not as model_kwargs={...}; validation_fraction is "
+            "fit_transport's own argument (cells held out for evaluate) and the map's internal "
+            f"best-iterate split is selection_fraction. Valid model arguments: {valid}."
+        )
+    if "validation_fraction" in params:  # only reachable through a direct call
         raise TypeError(
             "validation_fraction is fit_transport's own argument (cells held out for evaluate); "
             "the map's internal best-iterate split is set with selection_fraction=..."
         )
+    unknown = [name for name in params if name not in valid]
+    if unknown:
+        hints = [
+            f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, valid, 1))
+            else repr(name)
+            for name in unknown
+        ]
+        raise TypeError(
+            f"Unknown model argument(s) {', '.join(hints)}: fit_transport passes extra keywords "
+            f"to TransportMap; valid ones are {valid}."
+        )
     if "selection_fraction" in params:
+        inputs.check_fraction(
+            params["selection_fraction"], "selection_fraction",
+            " It is the share of each training group the map holds out to pick its best iterate.",
+        )
         params["validation_fraction"] = params.pop("selection_fraction")
     params.update(model=model, seed=seed)
-    try:
-        template = TransportMap(**params)
-    except TypeError as error:
-        valid = [p for p in TransportMap._param_names() if p not in ("model", "seed")]
-        raise TypeError(
-            f"Unknown model argument: {error}. fit_transport passes extra keywords to "
-            f"TransportMap; valid ones are {valid} and selection_fraction."
-        ) from None
+    template = TransportMap(**params)
     template._validate_params()
     return template.get_params()
 
 
-def _pca_projection(adata: AnnData, use_rep: str | None, layer: str | None) -> dict[str, np.ndarray]:
-    """PCA loadings and centre when ``use_rep`` is a scanpy PCA, for gene-space predictions."""
+def _pca_projection(adata: AnnData, use_rep: str | None) -> dict[str, np.ndarray]:
+    """PCA loadings and centre when ``use_rep`` is a scanpy PCA, for gene-space predictions.
+
+    Anything unexpected (no ``X``, NaN in ``X``, a PCA of other data) only skips gene-space
+    output with a warning: the maps themselves do not depend on it.
+    """
     if use_rep != "X_pca" or "PCs" not in adata.varm or "pca" not in adata.uns:
         return {}
     components = np.asarray(adata.varm["PCs"], dtype=np.float32)
-    if components.shape[1] != adata.obsm["X_pca"].shape[1]:
+    if components.shape[1] != adata.obsm["X_pca"].shape[1] or adata.X is None:
         return {}
-    mean = np.zeros(adata.n_vars, dtype=np.float64)
-    for start in range(0, adata.n_obs, inputs.READ_CHUNK):
-        block = adata.X[start : start + inputs.READ_CHUNK]
-        mean += np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
-    mean = (mean / adata.n_obs).astype(np.float32)
-    # scanpy centres with the mean of the cells it was run on; check it reproduces X_pca.
-    rows = np.arange(min(adata.n_obs, 200))
-    sample = inputs.read_rows(adata, rows, None, None)
-    projected = (sample - mean) @ components
-    observed = np.asarray(adata.obsm["X_pca"][rows], dtype=np.float32)
-    error = np.linalg.norm(projected - observed) / max(np.linalg.norm(observed), 1e-12)
-    if error > 0.05:
-        warnings.warn(
+    try:
+        mean = np.zeros(adata.n_vars, dtype=np.float64)
+        for start in range(0, adata.n_obs, inputs.READ_CHUNK):
+            block = adata.X[start : start + inputs.READ_CHUNK]
+            mean += np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
+        mean = (mean / adata.n_obs).astype(np.float32)
+        # scanpy centres with the mean of the cells it was run on; check it reproduces X_pca.
+        rows = np.arange(min(adata.n_obs, 200))
+        sample = inputs.read_rows(adata, rows, None, None, what="the PCA check")
+        projected = (sample - mean) @ components
+        observed = np.asarray(adata.obsm["X_pca"][rows], dtype=np.float32)
+        error = np.linalg.norm(projected - observed) / max(np.linalg.norm(observed), 1e-12)
+        reason = (
             f"obsm['X_pca'] is not reproduced by projecting adata.X on varm['PCs'] (relative "
-            f"error {error:.2f}; was PCA run on other data or a layer?); predictions will be "
-            "stored in PCA space only, not in gene space.",
+            f"error {error:.2f}; was PCA run on other cells, other data or a layer?)"
+        )
+    except (ValueError, TypeError) as problem:
+        error, reason = np.inf, f"adata.X cannot be projected on varm['PCs'] ({problem})"
+    if not error <= 0.05:
+        warnings.warn(
+            f"{reason}; predictions will be stored in PCA space only, not in gene space.",
             UserWarning,
             stacklevel=3,
         )
         return {}
     return {"pca_components": components, "pca_mean": mean}
+
+
+def obsm_key(key_added: str, target: str) -> str:
+    """The ``obsm`` key of one target's predictions (``/`` is not allowed in h5ad keys)."""
+    return f"{key_added}_{target}".replace("/", "_")
 
 
 def fit_transport(
@@ -102,19 +135,33 @@ def fit_transport(
     marked in ``obs``, so that :func:`~hycnn_sc.tl.evaluate` can score the maps on cells
     they never saw.
 
+    Every input is checked before anything is trained, and ``adata`` is only written once
+    all maps are fitted: a call that raises leaves ``adata`` exactly as it was.
+
     Parameters
     ----------
     adata
-        Annotated data matrix.
+        Annotated data matrix. A **view** (``adata[mask]``) is accepted: with ``copy=False``
+        it is turned into an actual AnnData in place (with a warning, as scanpy does; the
+        parent is not changed) and the results are written to it. A **backed** AnnData
+        (``read_h5ad(path, backed="r")``) is accepted with ``copy=False``: ``X`` (or the
+        layer) is read in chunks of rows and the results are added in memory (save them with
+        ``adata.write_h5ad(new_path)``; the backed file is not changed). ``copy=True`` and
+        views of backed objects are refused, before training, since anndata cannot copy them
+        without a file name (use ``adata.to_memory()``).
     groupby
-        ``obs`` column holding the condition labels.
+        ``obs`` column holding the condition labels (categorical, strings or integers; no
+        missing values).
     source
         Label of the control (unperturbed) cells.
     target
-        One label, a list of labels, or ``None`` for every label other than ``source``.
+        One label, a list of distinct labels, or ``None`` for every label other than
+        ``source``. Each (label, stratum) group needs at least 4 cells.
     use_rep
         ``obsm`` key of the representation to transport in (``"X_pca"``, ``"X_scVI"``, ...),
-        or ``None`` to use ``X`` (or ``layer``), dense or sparse.
+        or ``None`` to use ``X`` (or ``layer``), dense or sparse (only the rows of the fitted
+        groups are densified). It must be numeric and finite on the fitted cells. Integer
+        counts in gene space trigger a warning (fit on log-normalised data or a PCA).
     layer
         With ``use_rep=None``, the layer to use instead of ``X``.
     split_by
@@ -127,14 +174,18 @@ def fit_transport(
         Fraction of every group's cells held out of training (for :func:`evaluate`); ``0``
         trains on all cells.
     seed
-        Seed of the held-out split and of training; the same seed gives identical maps on CPU.
+        Seed of the held-out split and of training; the same seed gives bit-identical maps
+        and predictions on CPU. ``None`` draws a seed, which is stored in
+        ``uns[key_added]['params']['seed']``.
     key_added
-        Key under which results are stored (see Returns).
+        Key under which results are stored (see Returns). Refitting under the same key
+        replaces the earlier results (its ``obsm`` entries included).
     copy
         Return a modified copy instead of writing to ``adata``.
     **model_kwargs
         Passed to :class:`~hycnn_sc.models.TransportMap` (``hidden``, ``tau``, ``n_iters``,
-        ``batch_size``, ``lr``, ``device``, ``warm_start``, ...). The map's own
+        ``batch_size``, ``lr``, ``device``, ``warm_start``, ...), validated before anything
+        runs; unknown names raise a ``TypeError`` listing the valid ones. The map's own
         best-iterate split of the training cells is ``selection_fraction`` (default 0.1).
 
     Returns
@@ -142,7 +193,9 @@ def fit_transport(
     ``None``, or the modified copy with ``copy=True``. Sets:
 
     ``adata.uns[key_added]``
-        ``'params'`` (all arguments, seed, package ``'versions'``, ``'model_params_json'``),
+        ``'params'`` (all arguments, the fitted ``'targets'``, the ``'seed'`` used,
+        ``'n_features'``, ``'schema_version'``, package ``'versions'``,
+        ``'model_params_json'``),
         ``'var_names'``, ``'representation'`` (per-feature mean and std of the fitted source
         cells; PCA loadings and centre when ``use_rep="X_pca"`` came from scanpy) and
         ``'maps'``: per map id (``target`` or ``"target|stratum"``) its ``'target'``,
@@ -152,9 +205,21 @@ def fit_transport(
         after ``write_h5ad``/``read_h5ad``; see :mod:`hycnn_sc.tl._schema`.
     ``adata.obsm[f"{key_added}_{target}"]``
         For every source cell (held-out ones included), its predicted perturbed state in the
-        ``use_rep`` space; ``NaN`` for all other cells. One entry per target.
+        ``use_rep`` space; ``NaN`` for all other cells. One entry per fitted target (a
+        ``/`` in the label becomes ``_``, as h5ad keys cannot hold it).
     ``adata.obs[f"{key_added}_split"]``
-        ``"train"`` or ``"held_out"`` for cells of the fitted groups, missing otherwise.
+        Categorical, ``"train"`` or ``"held_out"`` for cells of the fitted groups, missing
+        otherwise.
+
+    Raises
+    ------
+    KeyError
+        A column, label, ``obsm`` key or layer that does not exist.
+    TypeError
+        Unknown model arguments, non-numeric representations.
+    ValueError
+        Invalid values (labels, fractions, hyper-parameters, NaN/inf or constant
+        representations, too small groups, backed ``copy=True``).
 
     Examples
     --------
@@ -171,14 +236,39 @@ def fit_transport(
     inputs.check_adata(adata)
     if not isinstance(key_added, str) or not key_added or "/" in key_added:
         raise ValueError(f"key_added must be a non-empty string without '/', got {key_added!r}.")
-    labels = inputs.group_labels(adata, groupby)
+    if not isinstance(copy, bool):
+        raise TypeError(f"copy must be True or False, got {copy!r}.")
+    if adata.isbacked and (copy or adata.is_view):
+        what = "copy=True cannot copy" if copy else "fit_transport cannot write to a view of"
+        raise ValueError(
+            f"{what} a backed AnnData (anndata needs a filename to copy one). Pass copy=False on "
+            "the backed object itself (results are added in memory; the file on disk is not "
+            "changed), or load it first: adata = adata.to_memory()."
+        )
+    labels = inputs.group_labels(adata, groupby, "groupby")
     targets = inputs.resolve_targets(labels, groupby, source, target)
-    strata = inputs.group_labels(adata, split_by) if split_by is not None else None
-    inputs.check_fraction(validation_fraction, "validation_fraction")
+    source = str(source)
+    if split_by is not None and split_by == groupby:
+        raise ValueError(
+            f"split_by={split_by!r} equals groupby: every stratum would hold one label. Pass "
+            "another obs column (e.g. 'cell_type') or split_by=None."
+        )
+    strata = inputs.group_labels(adata, split_by, "split_by") if split_by is not None else None
+    inputs.check_fraction(
+        validation_fraction, "validation_fraction",
+        " It is the share of every group held out of training for evaluate; 0 trains on all cells.",
+    )
+    seed = inputs.check_seed(seed)
     matrix = inputs.get_matrix(adata, use_rep, layer)
     if matrix.shape[0] != adata.n_obs:
         raise ValueError(f"The representation has {matrix.shape[0]} rows for {adata.n_obs} cells.")
     params = _model_params(model, seed, model_kwargs)
+    keys = {label: obsm_key(key_added, label) for label in targets}
+    if len(set(keys.values())) < len(keys):
+        raise ValueError(
+            f"Targets {targets} give clashing obsm keys once '/' is replaced by '_' "
+            f"({sorted(keys.values())}); rename the labels."
+        )
 
     # Which cells form each (label, stratum) group, and which pairs get a map.
     label_values = labels.to_numpy()
@@ -188,15 +278,13 @@ def fit_transport(
     skipped: list[str] = []
     for stratum in pd.unique(stratum_values):
         in_stratum = stratum_values == stratum
-        source_rows = np.flatnonzero(in_stratum & (label_values == str(source)))
+        source_rows = np.flatnonzero(in_stratum & (label_values == source))
         for label in targets:
             target_rows = np.flatnonzero(in_stratum & (label_values == label))
             if len(target_rows) == 0 or len(source_rows) == 0:
-                if split_by is None and len(target_rows) == 0:
-                    raise ValueError(f"No cells with obs[{groupby!r}] == {label!r}.")
                 skipped.append(f"{label!r} in {split_by}={stratum!r}")
                 continue
-            groups[(str(source), stratum)] = source_rows
+            groups[(source, stratum)] = source_rows
             groups[(label, stratum)] = target_rows
             pairs.append((label, stratum))
     if not pairs:
@@ -204,6 +292,20 @@ def fit_transport(
             f"No stratum of obs[{split_by!r}] holds both source and target cells; nothing to fit."
         )
     inputs.check_group_sizes({key: len(rows) for key, rows in groups.items()}, groupby, split_by)
+
+    held_out = inputs.split_cells(groups, validation_fraction, seed)
+    involved = np.unique(np.concatenate(list(groups.values())))
+    position = np.full(adata.n_obs, -1)
+    position[involved] = np.arange(len(involved))
+    values = inputs.read_rows(adata, involved, use_rep, layer, what="the fitted groups")
+    name = inputs.representation_name(use_rep, layer)
+    inputs.warn_if_counts(values, use_rep, name, getattr(matrix, "dtype", None))
+    inputs.check_not_constant(values, name)
+
+    train_arrays: dict[tuple[str, str], np.ndarray] = {
+        key: values[position[rows[~held_out[key]]]] for key, rows in groups.items()
+    }
+    projection = _pca_projection(adata, use_rep)
     if skipped:
         warnings.warn(
             f"Skipped {len(skipped)} target/stratum pair(s) without source or target cells: "
@@ -211,21 +313,7 @@ def fit_transport(
             UserWarning,
             stacklevel=2,
         )
-
-    split_seed = 0 if seed is None else int(seed)
-    held_out = inputs.split_cells(groups, validation_fraction, split_seed)
-    involved = np.unique(np.concatenate(list(groups.values())))
-    position = np.full(adata.n_obs, -1)
-    position[involved] = np.arange(len(involved))
-    values = inputs.read_rows(adata, involved, use_rep, layer, what="the fitted groups")
-    name = inputs.representation_name(use_rep, layer)
-    inputs.warn_if_counts(values, use_rep, name)
-    inputs.check_not_constant(values, name)
-
-    train_arrays: dict[tuple[str, str], np.ndarray] = {
-        key: values[position[rows[~held_out[key]]]] for key, rows in groups.items()
-    }
-    sources = [train_arrays[(str(source), stratum)] for _, stratum in pairs]
+    sources = [train_arrays[(source, stratum)] for _, stratum in pairs]
     targets_train = [train_arrays[(label, stratum)] for label, stratum in pairs]
     maps = TransportMap.fit_many(sources, targets_train, **params)
 
@@ -233,35 +321,30 @@ def fit_transport(
     predictions: dict[str, np.ndarray] = {}
     entries: dict[str, Any] = {}
     for (label, stratum), tmap in zip(pairs, maps, strict=True):
-        source_rows = groups[(str(source), stratum)]
+        source_rows = groups[(source, stratum)]
         block = predictions.setdefault(
             label, np.full((adata.n_obs, values.shape[1]), np.nan, dtype=np.float32)
         )
         block[source_rows] = tmap.transport(values[position[source_rows]])
         entries[map_id(label, stratum or None)] = encode_map(tmap, label, stratum or None)
 
-    split = pd.Series(pd.NA, index=adata.obs_names, dtype="object")
+    split = np.full(adata.n_obs, None, dtype=object)
     for key, rows in groups.items():
-        split.iloc[rows] = np.where(held_out[key], "held_out", "train")
-    source_values = values[position[np.concatenate(
-        [groups[(str(source), stratum)] for stratum in {s for _, s in pairs}]
-    )]]
-    representation = {
-        "source_mean": source_values.mean(axis=0),
-        "source_std": source_values.std(axis=0),
-        **_pca_projection(adata, use_rep, layer),
-    }
+        split[rows] = np.where(held_out[key], "held_out", "train")
+    fitted_strata = list(dict.fromkeys(stratum for _, stratum in pairs))
+    source_values = values[position[np.concatenate([groups[(source, s)] for s in fitted_strata])]]
+    fitted_targets = list(predictions)
     stored = {
         "params": {
             "groupby": groupby,
-            "source": str(source),
-            "targets": np.asarray(targets, dtype=object),
+            "source": source,
+            "targets": np.asarray(fitted_targets, dtype=object),
             "use_rep": use_rep if use_rep is not None else "",
             "layer": layer if layer is not None else "",
             "split_by": split_by if split_by is not None else "",
             "model": model,
             "validation_fraction": float(validation_fraction),
-            "seed": -1 if seed is None else int(seed),
+            "seed": seed,
             "n_features": int(values.shape[1]),
             "schema_version": SCHEMA_VERSION,
             "versions": _versions(),
@@ -270,18 +353,62 @@ def fit_transport(
             ),
         },
         "var_names": np.asarray(adata.var_names, dtype=object),
-        "representation": representation,
+        "representation": {
+            "source_mean": source_values.mean(axis=0),
+            "source_std": source_values.std(axis=0),
+            **projection,
+        },
         "maps": entries,
     }
 
-    adata = adata.copy() if copy else adata
-    previous = adata.uns.get(key_added)
-    if isinstance(previous, dict) and "params" in previous:
-        for old in list(adata.obsm.keys()):
-            if old.startswith(f"{key_added}_"):
-                del adata.obsm[old]
-    adata.uns[key_added] = stored
-    adata.obs[f"{key_added}_split"] = pd.Categorical(split, categories=["train", "held_out"])
-    for label, block in predictions.items():
-        adata.obsm[f"{key_added}_{label}"] = block
+    if copy:
+        adata = adata.copy()
+    elif adata.is_view:
+        warnings.warn(
+            "fit_transport received a view of an AnnData: it makes the view an actual AnnData "
+            "(as anndata does whenever a view is modified) and writes the results to it; the "
+            "parent object is not changed. Pass adata[mask].copy() to avoid this warning.",
+            UserWarning,
+            stacklevel=2,
+        )
+        adata._init_as_actual(adata.copy())
+    _write(adata, key_added, stored, split, {keys[label]: block for label, block in predictions.items()})
     return adata if copy else None
+
+
+def _write(adata: AnnData, key_added: str, stored: dict[str, Any], split: np.ndarray,
+           obsm: dict[str, np.ndarray]) -> None:
+    """Write the results; on any failure restore what was there, so nothing is half-written."""
+    split_column = f"{key_added}_split"
+    previous = adata.uns.get(key_added)
+    stale: list[str] = []
+    if isinstance(previous, dict) and isinstance(previous.get("params"), dict):
+        old_targets = np.asarray(previous["params"].get("targets", []), dtype=object).ravel()
+        stale = [obsm_key(key_added, str(t)) for t in old_targets]
+        stale = [k for k in stale if k in adata.obsm and k not in obsm]
+    touched = [*stale, *obsm]
+    saved_obsm = {k: adata.obsm[k] for k in touched if k in adata.obsm}
+    had_uns, had_split = key_added in adata.uns, split_column in adata.obs
+    saved_split = adata.obs[split_column].copy() if had_split else None
+    try:
+        for old in stale:
+            del adata.obsm[old]
+        adata.uns[key_added] = stored
+        adata.obs[split_column] = pd.Categorical(split, categories=["train", "held_out"])
+        for name, block in obsm.items():
+            adata.obsm[name] = block
+    except BaseException:
+        for name in touched:
+            if name in saved_obsm:
+                adata.obsm[name] = saved_obsm[name]
+            elif name in adata.obsm:
+                del adata.obsm[name]
+        if had_uns:
+            adata.uns[key_added] = previous
+        else:
+            adata.uns.pop(key_added, None)
+        if had_split:
+            adata.obs[split_column] = saved_split
+        elif split_column in adata.obs:
+            del adata.obs[split_column]
+        raise

@@ -7,12 +7,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from anndata.utils import make_index_unique
 
+from ..models._utils import check_positive, resolve_device
 from . import _inputs as inputs
-from ._schema import decode_map, find_maps, read_fitted
+from ._schema import decode_map, find_maps, fitted_targets, read_fitted
 
-#: Largest tolerated ratio between the per-feature spread of new cells and of the fitted cells.
-SCALE_TOLERANCE = 5.0
+#: Tolerated range of the ratio between the per-feature spread (median over features) of new
+#: cells and of the fitted control cells. Wide at the low end: a single cell type or cell line
+#: of the control population can be 5-7x narrower than the whole (seen on perturbseq_devel).
+SPREAD_RANGE = (0.05, 5.0)
+#: Fewest new cells for the spread check.
+MIN_CELLS_SPREAD = 10
+#: Largest tolerated typical distance of new cells from the fitted centre, relative to the
+#: fitted control cells' root total variance.
+DISTANCE_TOLERANCE = 10.0
 
 
 def _select_cells(query: AnnData, params: dict[str, Any], cells) -> np.ndarray:
@@ -22,28 +31,47 @@ def _select_cells(query: AnnData, params: dict[str, Any], cells) -> np.ndarray:
         if groupby in query.obs:
             rows = np.flatnonzero(query.obs[groupby].astype(str).to_numpy() == source)
             if len(rows) == 0:
-                raise ValueError(f"No cells with obs[{groupby!r}] == {source!r} to predict from.")
+                raise ValueError(
+                    f"No cells with obs[{groupby!r}] == {source!r} (the source label) to predict "
+                    "from; pass cells= (a boolean mask, positions or obs names) to choose them."
+                )
             return rows
         return np.arange(query.n_obs)
     if isinstance(cells, str):
         if cells != "held_out":
-            raise ValueError(f"cells={cells!r}: pass None, 'held_out', a boolean mask or obs names.")
+            raise ValueError(
+                f"cells={cells!r}: pass None, 'held_out', a boolean mask, positions or obs names."
+            )
         split = query.obs.get(f"{params['key']}_split")
         if split is None:
-            raise KeyError("cells='held_out' needs the obs split column written by fit_transport.")
+            raise KeyError(
+                f"cells='held_out' needs obs[{params['key'] + '_split'!r}], written by "
+                "fit_transport on the fitted AnnData (not available for new cells)."
+            )
         mask = (split.astype(str) == "held_out").to_numpy()
         if groupby in query.obs:
             mask &= query.obs[groupby].astype(str).to_numpy() == source
+        if not mask.any():
+            raise ValueError(
+                "cells='held_out' selects no cells: the maps were fitted with "
+                "validation_fraction=0; refit with validation_fraction > 0 or pass cells=."
+            )
         return np.flatnonzero(mask)
+    if isinstance(cells, pd.Series):
+        cells = cells.to_numpy()
     cells = np.asarray(cells)
+    if cells.ndim != 1:
+        raise ValueError(f"cells must be one-dimensional, got shape {cells.shape}.")
     if cells.dtype == bool:
         if cells.shape != (query.n_obs,):
-            raise ValueError(f"A boolean cells mask needs {query.n_obs} entries, got {cells.shape}.")
+            raise ValueError(
+                f"A boolean cells mask needs one entry per cell ({query.n_obs}), got {len(cells)}."
+            )
         return np.flatnonzero(cells)
     if np.issubdtype(cells.dtype, np.integer):
         if cells.size and (cells.min() < 0 or cells.max() >= query.n_obs):
             raise IndexError(f"cells holds positions outside [0, {query.n_obs}).")
-        return cells
+        return cells.astype(np.int64)
     index = query.obs_names.get_indexer(cells.astype(str))
     if (index < 0).any():
         missing = cells[index < 0][:5].tolist()
@@ -65,19 +93,40 @@ def check_compatible(query: AnnData, stored: dict[str, Any], values: np.ndarray)
     if len(genes) != len(fitted_genes) or not np.array_equal(genes, fitted_genes):
         shared = len(np.intersect1d(genes, fitted_genes))
         raise ValueError(
-            f"var_names differ from the data the maps were fitted on ({len(genes)} genes vs "
-            f"{len(fitted_genes)}, {shared} shared): the representation is not comparable. "
-            "Subset and order the genes as at fit time (adata[:, fitted_genes]) and recompute it "
-            "with the fitted PCA."
+            f"var_names differ from the data the maps were fitted on (the new cells have "
+            f"{len(genes)} genes, the fitted data {len(fitted_genes)}, {shared} shared, or the "
+            "order differs): the representation is not comparable. "
+            "Subset and order the genes as at fit time (query[:, fitted_genes]) and recompute the "
+            "representation with the fitted PCA."
         )
-    if len(values) < 2:
-        return
     fitted_std = np.asarray(stored["representation"]["source_std"], dtype=np.float64)
-    ratio = np.median(values.std(axis=0) / np.maximum(fitted_std, 1e-12))
-    if not 1 / SCALE_TOLERANCE <= ratio <= SCALE_TOLERANCE:
+    fitted_mean = np.asarray(stored["representation"]["source_mean"], dtype=np.float64)
+    varying = fitted_std > 1e-6 * max(float(fitted_std.max()), 1e-12)
+    if not varying.any():
+        return
+    fix = (
+        "the preprocessing (normalisation, log1p, scaling, PCA) does not match the fitted data; "
+        "compute the new cells' representation exactly as at fit time (for a PCA, project with "
+        "the fitted adata.varm['PCs'])."
+    )
+    # Location: distance of the typical new cell from the fitted centre, in units of the fitted
+    # cells' root total variance (about 1 for cells like the fitted ones, whatever the space).
+    offsets = np.linalg.norm(values.astype(np.float64) - fitted_mean, axis=1)
+    distance = float(np.median(offsets)) / float(np.sqrt(np.sum(fitted_std**2)))
+    if distance > DISTANCE_TOLERANCE:
         raise ValueError(
-            f"The new cells' representation is spread {ratio:.2g}x as wide as the fitted control "
-            "cells': the preprocessing (normalisation, log1p, scaling, PCA) does not match."
+            f"The new cells lie {distance:.3g}x farther from the fitted control cells' mean than "
+            f"those cells do on average (median over cells; at most {DISTANCE_TOLERANCE:g}x is "
+            f"expected): {fix}"
+        )
+    if len(values) < MIN_CELLS_SPREAD:
+        return
+    ratio = float(np.median(values[:, varying].std(axis=0) / fitted_std[varying]))
+    low, high = SPREAD_RANGE
+    if not low <= ratio <= high:
+        raise ValueError(
+            f"The new cells' representation is spread {ratio:.3g}x as wide as the fitted control "
+            f"cells' (median over features; {low:g}x to {high:g}x is expected): {fix}"
         )
 
 
@@ -94,7 +143,7 @@ def predict(
     adata: AnnData,
     *,
     key: str = "hycnn",
-    target: str,
+    target: str | None = None,
     cells=None,
     query: AnnData | None = None,
     batch_size: int | None = None,
@@ -109,7 +158,8 @@ def predict(
     key
         ``key_added`` of :func:`fit_transport`.
     target
-        The perturbation (target label) to predict.
+        The perturbation (target label) to predict; may be left out when only one target was
+        fitted.
     cells
         Which cells of ``query`` to map: ``None`` (all cells labelled as the source in
         ``obs[groupby]``, or all cells if that column is absent), ``"held_out"`` (held-out
@@ -117,7 +167,9 @@ def predict(
     query
         Cells to predict from, when they are not in ``adata`` (out of sample). They must have
         the same ``var_names`` and the same representation (``obsm[use_rep]`` or the
-        ``X``/layer values), checked before anything runs.
+        ``X``/layer values), checked before anything runs: a different number of features,
+        other genes, or values spread or shifted far beyond the fitted control cells (another
+        normalisation or scaling) raise a ``ValueError``. Backed AnnData are read in chunks.
     batch_size
         Cells per inference chunk (memory bound); default 32768.
     device
@@ -125,10 +177,23 @@ def predict(
 
     Returns
     -------
-    AnnData of the predicted cells: ``obsm[use_rep]`` holds them in the representation; ``X``
-    holds them in gene space when the representation is ``X`` itself or a scanpy PCA
-    (``varm['PCs']``), else ``X`` is empty. ``obs['source_cell']`` names the cell each
-    prediction came from, ``obs[groupby]`` the target label, ``obs[split_by]`` the stratum.
+    AnnData of the predicted cells: ``obsm[use_rep]`` (``obsm['X_input']`` when
+    ``use_rep=None``) holds them in the representation; ``X`` holds them in gene space, with
+    the fitted ``var_names``, when the representation is ``X`` (or a layer) itself or a
+    scanpy PCA (``varm['PCs']``), else ``X`` is empty. ``obs['source_cell']`` names the cell
+    each prediction came from (obs names are ``"<cell>-<target>"``, made unique),
+    ``obs[groupby]`` the target label, ``obs[split_by]`` the stratum, and
+    ``uns['hycnn_prediction']`` the ``key``, ``target`` and ``use_rep``. Neither ``adata``
+    nor ``query`` is modified.
+
+    Raises
+    ------
+    KeyError
+        No maps under ``key`` (run :func:`fit_transport` first) or no map for ``target``
+        (the message lists the fitted targets).
+    ValueError
+        Incompatible new cells, cells of a stratum without a map, or stored maps that are
+        incomplete, tampered with or of a newer schema (refit or upgrade).
 
     Examples
     --------
@@ -145,8 +210,16 @@ def predict(
     """
     stored = read_fitted(inputs.check_adata(adata), key)
     query = adata if query is None else inputs.check_adata(query)
+    resolve_device(device)
+    if batch_size is not None:
+        check_positive(batch_size, "batch_size", integer=True)
     params = dict(stored["params"])
     params["key"] = key
+    if target is None:
+        known = fitted_targets(stored)
+        if len(known) != 1:
+            raise ValueError(f"Pass target=, one of the fitted targets {known}.")
+        target = known[0]
     maps = find_maps(stored, target)
     use_rep = str(params["use_rep"]) or None
     layer = str(params["layer"]) or None
@@ -164,7 +237,10 @@ def predict(
         assignments = {next(iter(maps)): np.arange(len(rows))}
     else:
         if split_by not in query.obs:
-            raise KeyError(f"The maps were fitted per obs[{split_by!r}]; the new cells lack that column.")
+            raise KeyError(
+                f"The maps were fitted per obs[{split_by!r}]; the new cells lack that column "
+                "(add it so each cell goes through the map of its stratum)."
+            )
         strata = query.obs[split_by].astype(str).to_numpy()[rows]
         by_stratum = {str(entry["stratum"]): mid for mid, entry in maps.items()}
         unknown = sorted(set(strata) - set(by_stratum))
@@ -177,12 +253,13 @@ def predict(
 
     predicted = np.empty_like(values)
     for mid, positions in assignments.items():
-        tmap = decode_map(maps[mid], device=device)
+        tmap = decode_map(maps[mid], device=device, name=mid)
         predicted[positions] = tmap.transport(values[positions], batch_size=batch_size)
 
     obs = pd.DataFrame(
         {"source_cell": np.asarray(query.obs_names[rows]), groupby: str(target)},
-        index=pd.Index([f"{name}-{target}" for name in query.obs_names[rows]], name=None),
+        # Unique names even when a cell is selected twice (positions may repeat).
+        index=make_index_unique(pd.Index([f"{name}-{target}" for name in query.obs_names[rows]])),
     )
     obs[groupby] = obs[groupby].astype("category")
     if split_by is not None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -66,21 +67,35 @@ def encode_map(tmap: TransportMap, target: str, stratum: str | None) -> dict[str
     return entry
 
 
-def decode_map(entry: Any, *, device: str = "auto") -> TransportMap:
+def decode_map(entry: Any, *, device: str = "auto", name: str = "") -> TransportMap:
     """Rebuild a :class:`TransportMap` from :func:`encode_map` output (or its h5ad round trip)."""
+    which = f"Stored map {name!r}" if name else "A stored map"
+
+    def broken(error: Exception) -> ValueError:
+        detail = " ".join(str(error).split())  # one line, whatever the source's formatting
+        # TransportMap.from_state wraps its cause in its own advice; keep only the cause.
+        detail = detail.removeprefix("Cannot rebuild a TransportMap from this state: ")
+        detail = detail.split(". It is truncated")[0].rstrip(" .")
+        return ValueError(
+            f"{which} is incomplete or corrupted ({type(error).__name__}: {detail}); it was "
+            "truncated or modified after fitting: run hycnn_sc.tl.fit_transport again."
+        )
+
     try:
         state = json.loads(str(entry["state_json"]))
         arrays = {"center": np.asarray(entry["center"])}
         for group in _POTENTIALS:
-            for name, value in dict(entry[group]).items():
-                arrays[f"{group}/{name}"] = np.asarray(value)
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
-        raise ValueError(
-            f"A stored map is incomplete or corrupted ({type(error).__name__}: {error}); "
-            "run hycnn_sc.tl.fit_transport again."
-        ) from None
+            for key, value in dict(entry[group]).items():
+                arrays[f"{group}/{key}"] = np.asarray(value)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise broken(error) from None
+    if not isinstance(state, dict):
+        raise broken(TypeError("state_json is not a JSON object"))
     state["arrays"] = arrays
-    return TransportMap.from_state(state, device=device)
+    try:
+        return TransportMap.from_state(state, device=device)
+    except (KeyError, TypeError, ValueError) as error:  # some fitted scalars are read unguarded
+        raise broken(error) from None
 
 
 def _json_default(value: Any) -> Any:
@@ -89,35 +104,80 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+#: Entries of ``params`` that predict and evaluate rely on.
+REQUIRED_PARAMS = ("groupby", "source", "use_rep", "layer", "split_by", "model", "n_features")
+
+
 def read_fitted(adata, key: str) -> dict[str, Any]:
     """``adata.uns[key]`` after checking it holds maps of this schema, with a helpful error."""
+    if not isinstance(key, str):
+        raise TypeError(f"key must be the key_added of fit_transport (a str), got {key!r}.")
     if key not in adata.uns:
+        fitted = [k for k, v in adata.uns.items() if _looks_fitted(v)]
         raise KeyError(
             f"No fitted maps under adata.uns[{key!r}]: run hycnn_sc.tl.fit_transport(adata, ..., "
-            f"key_added={key!r}) first."
+            f"key_added={key!r}) first" + (f" (fitted keys here: {fitted})." if fitted else ".")
         )
     stored = adata.uns[key]
-    if not isinstance(stored, dict) or "params" not in stored or "maps" not in stored:
+    if not _looks_fitted(stored):
         raise ValueError(
-            f"adata.uns[{key!r}] was not written by hycnn_sc.tl.fit_transport (missing 'params' "
-            "or 'maps'); refit or pass the right key."
+            f"adata.uns[{key!r}] was not written by hycnn_sc.tl.fit_transport (no 'params' and "
+            "'maps' entries); pass the key_added used at fit time, or refit."
         )
-    version = stored["params"].get("schema_version")
-    if version is None or int(version) > SCHEMA_VERSION:
+    params = stored["params"]
+    version = params.get("schema_version")
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        version = None
+    if version is None or version > SCHEMA_VERSION:
         raise ValueError(
-            f"adata.uns[{key!r}] has schema_version {version!r}, this hycnn_sc reads up to "
-            f"{SCHEMA_VERSION}; upgrade hycnn_sc or refit."
+            f"adata.uns[{key!r}] has schema_version {params.get('schema_version')!r}, this "
+            f"hycnn_sc reads up to {SCHEMA_VERSION}; upgrade hycnn_sc or refit with "
+            "hycnn_sc.tl.fit_transport."
+        )
+    missing = [name for name in REQUIRED_PARAMS if name not in params]
+    representation = stored.get("representation")
+    if not isinstance(representation, Mapping) or "source_std" not in representation:
+        missing.append("representation/source_std")
+    if "var_names" not in stored:
+        missing.append("var_names")
+    if missing or not isinstance(stored["maps"], Mapping) or not stored["maps"]:
+        raise ValueError(
+            f"adata.uns[{key!r}] is incomplete or was modified (missing {missing or ['maps']}); "
+            "refit with hycnn_sc.tl.fit_transport."
         )
     return stored
+
+
+def _looks_fitted(value: Any) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and isinstance(value.get("params"), Mapping)
+        and "maps" in value
+    )
 
 
 def find_maps(stored: dict[str, Any], target: str | None) -> dict[str, dict[str, Any]]:
     """Stored map entries for ``target`` (all targets when None), keyed by map id."""
     maps = stored["maps"]
+    for mid, entry in maps.items():
+        if not isinstance(entry, Mapping) or "target" not in entry or "stratum" not in entry:
+            raise ValueError(
+                f"Stored map {mid!r} is incomplete or was modified; refit with "
+                "hycnn_sc.tl.fit_transport."
+            )
     if target is None:
         return dict(maps)
     chosen = {mid: entry for mid, entry in maps.items() if str(entry["target"]) == str(target)}
     if not chosen:
-        known = sorted({str(entry["target"]) for entry in maps.values()})
-        raise KeyError(f"No map for target {target!r}; fitted targets are {known}.")
+        raise KeyError(
+            f"No map for target {target!r}; fitted targets are {fitted_targets(stored)}. "
+            "Fit it with hycnn_sc.tl.fit_transport(..., target=...) first."
+        )
     return chosen
+
+
+def fitted_targets(stored: dict[str, Any]) -> list[str]:
+    """Target labels with at least one stored map, sorted."""
+    return sorted({str(entry["target"]) for entry in stored["maps"].values()})

@@ -1,0 +1,239 @@
+"""``hycnn_sc.pl.evaluation``: the table of :func:`hycnn_sc.tl.evaluate` as grouped bars."""
+
+from __future__ import annotations
+
+import warnings
+from itertools import pairwise
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from . import _utils as utils
+
+_BASELINE_COLORS = {"identity": "#9e9e9e", "mean_shift": "tab:green", "gaussian_ot": "tab:purple"}
+_BASELINE_LABELS = {"identity": "identity (control)", "mean_shift": "mean shift",
+                    "gaussian_ot": "Gaussian OT"}
+_HIGHER_IS_BETTER = {"r2_mean"}
+#: Most categories drawn as vertical bars; more are drawn horizontally.
+_MAX_VERTICAL = 12
+
+
+def _labels_overlap(ax: Axes) -> bool:
+    """Whether neighbouring x tick labels overlap once the figure is laid out."""
+    ax.figure.canvas.draw()
+    boxes = sorted((t.get_window_extent() for t in ax.get_xticklabels() if t.get_text()),
+                   key=lambda b: b.x0)
+    gap = 4.0 * ax.figure.dpi / 72.0
+    return any(left.x1 + gap > right.x0 for left, right in pairwise(boxes))
+
+
+def _categories(table: pd.DataFrame, by: str) -> pd.Series:
+    """The x label of every row: the map (target, stratum) or the evaluation group."""
+    strata = table["stratum"].astype(str)
+    if by == "target":
+        targets = table["target"].astype(str)
+        if targets.nunique() == 1 and (strata != "").all():
+            return strata  # one target: the title names it
+        return targets.where(strata == "", targets + " | " + strata)
+    groups = table["group"].astype(str)
+    if strata.nunique() <= 1:
+        return groups
+    same = (groups == "all") | (groups == strata)
+    return strata.where(same, strata + ": " + groups)
+
+
+def evaluation(
+    adata: AnnData,
+    *,
+    key: str = "hycnn",
+    metric: str = "energy_distance",
+    space: str = "rep",
+    by: Literal["target", "group"] = "target",
+    target: str | None = None,
+    log: bool = False,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    save: bool | str | None = None,
+) -> Figure | Axes | None:
+    """The evaluation table of :func:`~hycnn_sc.tl.evaluate` as a grouped bar chart.
+
+    One group of bars per map (``by="target"``; rows of group ``"all"``) or per group of the
+    ``by`` column that :func:`~hycnn_sc.tl.evaluate` was run with (``by="group"``, for one
+    target), one bar per method: the fitted model and the baselines ``identity`` (unmoved
+    control), ``mean_shift`` and ``gaussian_ot``. The ``observed`` row — training against
+    held-out perturbed cells, the level sampling noise alone reaches — is drawn as a dashed
+    line over each group of bars. Tick labels (or the title) give the number of held-out
+    perturbed cells. More than 12 groups of bars are drawn horizontally.
+
+    Parameters
+    ----------
+    adata
+        AnnData with an evaluation table written by :func:`~hycnn_sc.tl.evaluate`.
+    key
+        ``key_added`` of :func:`~hycnn_sc.tl.fit_transport`.
+    metric
+        Column of the table: ``"energy_distance"``, ``"mmd"``, ``"r2_mean"`` or
+        ``"signature_l2"``.
+    space
+        ``"rep"`` (the fitted representation) or ``"gene"`` (PCA back-projection).
+    by
+        ``"target"``: one group of bars per map; ``"group"``: one per evaluation group.
+    target
+        Show only this target (needed with ``by="group"`` when several were evaluated).
+    log
+        Logarithmic value axis, for values spanning orders of magnitude (non-positive values,
+        possible for unbiased estimators, are not drawn).
+    ax
+        Draw into this Axes instead of a new figure.
+    show
+        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
+    return_fig
+        Return the Figure (and do not show it).
+    save
+        As in scanpy: ``True`` or a filename suffix writes ``hycnn_evaluation{suffix}`` to
+        :attr:`scanpy.settings.figdir`.
+
+    Returns
+    -------
+    The Figure with ``return_fig=True``; else the Axes when ``show=False``; else ``None``.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> import hycnn_sc as hs
+    >>> adata = hs.datasets.kang_ifnb1k()
+    >>> sc.pp.normalize_total(adata)
+    >>> sc.pp.log1p(adata)
+    >>> sc.pp.pca(adata, n_comps=20)
+    >>> hs.tl.fit_transport(adata, groupby="condition", source="control", n_iters=20)
+    >>> table = hs.tl.evaluate(adata, by="cell_type")
+    >>> ax = hs.pl.evaluation(adata, by="group", show=False)
+    """
+    stored = utils.fitted(adata, key)
+    p = utils.params(stored)
+    table = utils.evaluation_table(stored, key)
+    if metric not in table.columns or metric in ("target", "stratum", "group", "space", "method"):
+        known = [c for c in table.columns if c not in
+                 ("target", "stratum", "group", "space", "method", "n_predicted", "n_observed")]
+        raise KeyError(f"metric={metric!r} is not in the evaluation table; metrics: {known}.")
+    spaces = sorted(table["space"].astype(str).unique())
+    if space not in spaces:
+        raise KeyError(
+            f"space={space!r} is not in the evaluation table (spaces: {spaces}); gene-space "
+            "metrics need maps fitted on a scanpy PCA or on X."
+        )
+    if by not in ("target", "group"):
+        raise ValueError(f"by must be 'target' or 'group', got {by!r}.")
+    table = table[table["space"].astype(str) == space]
+    evaluated = list(pd.unique(table["target"].astype(str)))
+    if target is None and by == "group":
+        if len(evaluated) > 1:
+            raise ValueError(f"by='group' shows one target; pass target= one of {evaluated}.")
+        target = evaluated[0]
+    if target is not None:
+        if str(target) not in evaluated:
+            raise KeyError(
+                f"No evaluation for target {target!r}; evaluated targets: {evaluated}. Run "
+                f"hycnn_sc.tl.evaluate(adata, key={key!r}) for it first."
+            )
+        table = table[table["target"].astype(str) == str(target)]
+    if by == "target":
+        table = table[table["group"].astype(str) == "all"]
+    table = table.assign(_x=_categories(table, by).to_numpy())
+    if by == "group":  # "all" first; drop a group identical to its stratum's "all"
+        table = table.drop_duplicates(["_x", "method"])
+    categories = list(pd.unique(table["_x"]))
+    if by == "group":
+        categories = sorted(categories, key=lambda c: (c != "all", c))
+
+    model = p["model"]
+    present = list(pd.unique(table["method"].astype(str)))
+    methods = [m for m in [model, *_BASELINE_COLORS] if m in present]
+    methods += [m for m in present if m not in methods and m != "observed"]
+    values = table.pivot_table(index="_x", columns="method", values=metric, aggfunc="first")
+    values = values.reindex(index=categories)
+    counts = table.groupby("_x")["n_observed"].first().reindex(categories)
+
+    # Many categories read better as horizontal bars (labels need no rotation, height grows).
+    horizontal = len(categories) > _MAX_VERTICAL
+    n = len(methods)
+    span = 0.8 * len(categories) * max(n, 1) / 4
+    if horizontal:
+        fig, ax = utils.new_axes(ax, (6.5, float(np.clip(1.2 + 0.35 * span, 4.0, 30.0))))
+    else:
+        fig, ax = utils.new_axes(ax, (float(np.clip(2.8 + span, 5.0, 14.0)), 4.0))
+    bar = 0.8 / max(n, 1)
+    x = np.arange(len(categories))
+    fallback = iter(["tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"])
+    handles: list = []
+    for i, method in enumerate(methods):
+        color = utils.COLORS["predicted"] if method == model else (
+            _BASELINE_COLORS.get(method) or next(fallback, "tab:gray"))
+        heights = values[method].to_numpy(dtype=float) if method in values else np.full(len(x), np.nan)
+        offset = bar * (i + 0.5) - 0.4
+        if horizontal:  # the y axis is inverted: the first method is on top of each category
+            ax.barh(x + offset, heights, height=bar * 0.95, color=color,
+                    edgecolor="white", linewidth=0.4)
+        else:
+            ax.bar(x + offset, heights, width=bar * 0.95, color=color, edgecolor="white",
+                   linewidth=0.4)
+        label = f"{model} (model)" if method == model else _BASELINE_LABELS.get(method, method)
+        handles.append(Patch(facecolor=color, label=label))
+    if "observed" in values:
+        floor = values["observed"].to_numpy(dtype=float)
+        lines = ax.vlines if horizontal else ax.hlines
+        lines(floor, x - 0.45, x + 0.45, colors="black", linestyles="--", lw=1.2, zorder=4)
+        kind = "ceiling" if metric in _HIGHER_IS_BETTER else "floor"
+        handles.append(Line2D([], [], color="black", ls="--", lw=1.2,
+                              label=f"observed (noise {kind})"))
+
+    shown = values.to_numpy(dtype=float)
+    if log:
+        if np.any(shown[np.isfinite(shown)] <= 0):
+            warnings.warn(
+                f"Some {metric} values are <= 0 and are not drawn on the log scale.",
+                UserWarning,
+                stacklevel=2,
+            )
+        (ax.set_xscale if horizontal else ax.set_yscale)("log")
+    elif np.nanmin(shown) < 0:
+        (ax.axvline if horizontal else ax.axhline)(0, color="black", lw=0.6)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              fontsize="small", borderaxespad=0.0)
+    known_counts = counts.dropna()
+    same_count = horizontal and known_counts.nunique() == 1
+    if same_count or known_counts.empty:
+        ticks = [str(c) for c in categories]
+    else:
+        ticks = [f"{c} (n={int(k)})" if horizontal else f"{c}\nn={int(k)}" if pd.notna(k)
+                 else str(c) for c, k in zip(categories, counts, strict=True)]
+    if horizontal:
+        ax.set_yticks(x, ticks, fontsize="small")
+        ax.set_ylim(len(categories) - 0.4, -0.6)
+    else:
+        ax.set_xticks(x, ticks, fontsize="small")
+        if _labels_overlap(ax):
+            ax.set_xticks(x, ticks, rotation=35, ha="right", rotation_mode="anchor",
+                          fontsize="small")
+        ax.set_xlim(-0.6, len(categories) - 0.4)
+    better = "higher" if metric in _HIGHER_IS_BETTER else "lower"
+    pretty = {"energy_distance": "energy distance", "mmd": "MMD²", "r2_mean": "r² of means",
+              "signature_l2": "signature l2 error"}.get(metric, metric)
+    where_space = "gene space" if space == "gene" else "representation"
+    value_label = f"{pretty} ({where_space})\n{better} is better"
+    (ax.set_xlabel if horizontal else ax.set_ylabel)(value_label)
+    single = table["target"].astype(str).nunique() == 1
+    where = f"{table['target'].iloc[0]}: " if single else ""
+    per = "per group" if by == "group" else "per map"
+    cells = f" (n={int(known_counts.iloc[0])} held-out cells)" if same_count else ""
+    ax.set_title(f"{where}held-out evaluation {per}{cells}", fontsize="medium")
+    ax.spines[["top", "right"]].set_visible(False)
+    return utils.finish(fig, ax, show=show, save=save, return_fig=return_fig,
+                        writekey="hycnn_evaluation")
