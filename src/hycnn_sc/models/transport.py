@@ -83,7 +83,8 @@ class TransportMap:
         Gradient-matching steps of the warm start (Adam from ``1e-2``, cosine decay).
     validation_fraction
         Share of each side held out to pick the best iterate by the energy distance between
-        ``∇f(x_val)`` and ``y_val``; ``0`` trains without validation and keeps the last iterate.
+        ``∇f(x_val)`` and ``y_val`` (a side with too few points to hold out 8 is scored on its
+        training points instead); ``0`` trains without validation and keeps the last iterate.
     validation_every
         Iterations between validations; ``None`` means ``max(n_iters // 20, 1)``.
     network_kwargs
@@ -327,14 +328,21 @@ class TransportMap:
         target_samples = StackedSamples([pair[1] for pair in train], device)
         self._warm_start(f, g, source_samples, target_samples, generator)
 
-        use_validation = all(
-            min(len(src), len(tgt)) >= MIN_VALIDATION_POINTS for src, tgt in held_out
-        )
+        # Each map selects its best iterate on its held-out points; a map whose held-out share
+        # is too small (a small stratum) falls back to its training points rather than
+        # switching selection off for every stacked map.
+        use_validation = self.validation_fraction > 0
         validation = None
         if use_validation:
+            chosen = [
+                (src_held, tgt_held)
+                if min(len(src_held), len(tgt_held)) >= MIN_VALIDATION_POINTS
+                else (src_train, tgt_train)
+                for (src_train, tgt_train), (src_held, tgt_held) in zip(train, held_out, strict=True)
+            ]
             validation = (
-                StackedSamples([src[:MAX_VALIDATION_POINTS] for src, _ in held_out], device),
-                [torch.as_tensor(tgt[:MAX_VALIDATION_POINTS], device=device) for _, tgt in held_out],
+                StackedSamples([src[:MAX_VALIDATION_POINTS] for src, _ in chosen], device),
+                [torch.as_tensor(tgt[:MAX_VALIDATION_POINTS], device=device) for _, tgt in chosen],
             )
         settings = MinimaxSettings(
             n_iters=self.n_iters, inner_steps=self.inner_steps, batch_size=self.batch_size,
@@ -353,7 +361,7 @@ class TransportMap:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        evaluation = held_out if use_validation else train
+        evaluation = chosen if use_validation else train
         w2 = dual_w2_squared(
             f, g,
             StackedSamples([src for src, _ in evaluation], device).padded(),
