@@ -129,7 +129,8 @@ class TransportMap:
     >>> rng = np.random.default_rng(0)
     >>> source = rng.normal(size=(500, 2))
     >>> target = 2.0 * rng.normal(size=(400, 2)) + 1.0
-    >>> tmap = TransportMap(n_iters=50, hidden=(16, 16), seed=0).fit(source, target)
+    >>> tmap = TransportMap(n_iters=50, hidden=(16, 16), warm_start_iters=20, seed=0)
+    >>> tmap = tmap.fit(source, target)
     >>> tmap.transport(source[:3]).shape
     (3, 2)
     """
@@ -278,7 +279,8 @@ class TransportMap:
         >>> rng = np.random.default_rng(0)
         >>> control = rng.normal(size=(300, 2))
         >>> maps = TransportMap.fit_many(
-        ...     [control, control], [control + 1.0, 2.0 * control], n_iters=20, hidden=(8,), seed=0
+        ...     [control, control], [control + 1.0, 2.0 * control], n_iters=20, hidden=(8,),
+        ...     warm_start_iters=20, seed=0,
         ... )
         >>> len(maps)
         2

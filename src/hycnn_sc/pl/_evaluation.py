@@ -112,7 +112,8 @@ def evaluation(
     >>> sc.pp.normalize_total(adata)
     >>> sc.pp.log1p(adata)
     >>> sc.pp.pca(adata, n_comps=20)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control", n_iters=20)
+    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
+    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> table = hs.tl.evaluate(adata, by="cell_type")
     >>> ax = hs.pl.evaluation(adata, by="group", show=False)
     """

@@ -197,7 +197,8 @@ def response(
     >>> sc.pp.normalize_total(adata)
     >>> sc.pp.log1p(adata)
     >>> sc.pp.pca(adata, n_comps=20)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control", n_iters=20)
+    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
+    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> ax = hs.pl.response(adata, target="stimulated", n_genes=8, show=False)
     """
     stored = utils.fitted(adata, key)

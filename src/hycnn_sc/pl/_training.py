@@ -95,7 +95,8 @@ def training(
     >>> sc.pp.normalize_total(adata)
     >>> sc.pp.log1p(adata)
     >>> sc.pp.pca(adata, n_comps=20)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control", n_iters=20)
+    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
+    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> loss_ax, validation_ax = hs.pl.training(adata, show=False)
     """
     stored = utils.fitted(adata, key)

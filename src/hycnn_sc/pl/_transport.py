@@ -162,7 +162,8 @@ def transport(
     >>> sc.pp.pca(adata, n_comps=20)
     >>> sc.pp.neighbors(adata)
     >>> sc.tl.umap(adata)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control", n_iters=20)
+    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
+    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> ax = hs.pl.transport(adata, target="stimulated", arrows=40, show=False)
     >>> ax = hs.pl.transport(adata, target="stimulated", basis="pca", show=False)
     """

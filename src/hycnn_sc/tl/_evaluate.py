@@ -102,7 +102,8 @@ def evaluate(
     >>> sc.pp.normalize_total(adata)
     >>> sc.pp.log1p(adata)
     >>> sc.pp.pca(adata, n_comps=20)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control", n_iters=20)
+    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
+    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> table = hs.tl.evaluate(adata)
     >>> sorted(table["method"].unique())
     ['gaussian_ot', 'hycnn', 'identity', 'mean_shift', 'observed']

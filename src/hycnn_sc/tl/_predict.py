@@ -203,7 +203,8 @@ def predict(
     >>> sc.pp.normalize_total(adata)
     >>> sc.pp.log1p(adata)
     >>> sc.pp.pca(adata, n_comps=20)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control", n_iters=20)
+    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
+    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> predicted = hs.tl.predict(adata, target="stimulated")
     >>> predicted.obs["source_cell"].iloc[0] in adata.obs_names
     True
