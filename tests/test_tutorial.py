@@ -57,7 +57,9 @@ def test_tutorial_runs(tmp_path, monkeypatch):
     # The kernel is a subprocess: it sees the package through PYTHONPATH even when it is not
     # installed (pytest's own `pythonpath = ["src"]` only affects this process).
     python_path = os.environ.get("PYTHONPATH", "")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT / "src"), python_path) if p))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(p for p in (str(ROOT / "src"), python_path) if p)
+    )
     monkeypatch.setenv("HYCNN_TUTORIAL_ITERS", str(TEST_ITERS))
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
@@ -71,19 +73,30 @@ def test_tutorial_runs(tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError on the first failing cell
 
     errors = [
-        output for cell in nb.cells if cell.cell_type == "code"
-        for output in cell.outputs if output.output_type == "error"
+        output
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "error"
     ]
     assert not errors
     text = "".join(
         output.get("text", "") for output in nb.cells[-1].outputs if output.output_type == "stream"
     )
     line = next(row for row in text.splitlines() if row.startswith("TUTORIAL_CHECK "))
-    report = json.loads(line[len("TUTORIAL_CHECK "):])
+    report = json.loads(line[len("TUTORIAL_CHECK ") :])
 
     assert report["n_iters"] == TEST_ITERS
-    assert {"target", "group", "space", "method", "energy_distance", "mmd", "r2_mean",
-            "signature_l2"} <= set(report["columns"])
+    assert {
+        "target",
+        "group",
+        "space",
+        "method",
+        "energy_distance",
+        "mmd",
+        "r2_mean",
+        "signature_l2",
+    } <= set(report["columns"])
     assert report["methods"] == ["gaussian_ot", "hycnn", "identity", "mean_shift", "observed"]
     assert "all" in report["groups"] and "CD14 Mono" in report["groups"]
     assert report["n_rows"] > 0 and report["n_predicted"] > 0
@@ -92,6 +105,7 @@ def test_tutorial_runs(tmp_path, monkeypatch):
     # The notebook renders its evaluation table (the pivot of group "all").
     assert any(
         "text/html" in output.get("data", {})
-        for cell in nb.cells if cell.cell_type == "code" and cell.source.strip().endswith("pooled")
+        for cell in nb.cells
+        if cell.cell_type == "code" and cell.source.strip().endswith("pooled")
         for output in cell.outputs
     )
