@@ -17,11 +17,18 @@ MODULES = sorted(
 
 
 @pytest.mark.parametrize("name", MODULES)
-def test_examples_run(name, monkeypatch):
+def test_examples_run(name):
     import scanpy as sc
 
-    monkeypatch.setattr(sc.settings, "autoshow", False)
-    module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
-                             verbose=False)
+    # scanpy's settings are class properties without a deleter, so monkeypatch
+    # cannot undo them; save and restore by hand.
+    autoshow = sc.settings.autoshow
+    sc.settings.autoshow = False
+    try:
+        module = importlib.import_module(name)
+        result = doctest.testmod(
+            module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False
+        )
+    finally:
+        sc.settings.autoshow = autoshow
     assert result.failed == 0, f"{result.failed} doctest failure(s) in {name}"
