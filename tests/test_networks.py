@@ -83,9 +83,12 @@ network_shapes = dict(
     tau=st.sampled_from([0.0, 1e-3, 0.3, 2.0]),
     zero_skip_init=st.booleans(),
     isotropic_quadratic=st.sampled_from([0.0, 0.5, 2.0]),
+    full_quadratic=st.booleans(),
     **network_shapes,
 )
-def test_hycnn_jensen(d, hidden, seed, noise, tau, zero_skip_init, isotropic_quadratic) -> None:
+def test_hycnn_jensen(
+    d, hidden, seed, noise, tau, zero_skip_init, isotropic_quadratic, full_quadratic
+) -> None:
     net = random_network(
         "hycnn",
         d,
@@ -95,6 +98,7 @@ def test_hycnn_jensen(d, hidden, seed, noise, tau, zero_skip_init, isotropic_qua
         tau=tau,
         zero_skip_init=zero_skip_init,
         isotropic_quadratic=isotropic_quadratic,
+        full_quadratic=full_quadratic,
     )
     gap, tol = jensen_gap(net, d, seed + 1)
     assert (gap >= -tol).all(), float((gap + tol).min())
@@ -106,10 +110,12 @@ def test_hycnn_jensen(d, hidden, seed, noise, tau, zero_skip_init, isotropic_qua
     quadratic=st.booleans(),
     zero_skip_init=st.booleans(),
     isotropic_quadratic=st.sampled_from([0.0, 0.5, 2.0]),
+    full_quadratic=st.booleans(),
     **network_shapes,
 )
 def test_icnn_jensen(
-    d, hidden, seed, noise, activation, quadratic, zero_skip_init, isotropic_quadratic
+    d, hidden, seed, noise, activation, quadratic, zero_skip_init, isotropic_quadratic,
+    full_quadratic,
 ) -> None:
     net = random_network(
         "icnn",
@@ -121,6 +127,7 @@ def test_icnn_jensen(
         quadratic=quadratic,
         zero_skip_init=zero_skip_init,
         isotropic_quadratic=isotropic_quadratic,
+        full_quadratic=full_quadratic,
     )
     gap, tol = jensen_gap(net, d, seed + 1)
     assert (gap >= -tol).all(), float((gap + tol).min())
@@ -140,11 +147,15 @@ def gradient_monotonicity(net, d: int, seed: int, n: int = 64):
 @given(
     tau=st.sampled_from([0.0, 0.1, 1.0]),
     isotropic_quadratic=st.sampled_from([0.0, 0.5, 2.0]),
+    full_quadratic=st.booleans(),
     **network_shapes,
 )
-def test_hycnn_gradient_monotone(d, hidden, seed, noise, tau, isotropic_quadratic) -> None:
+def test_hycnn_gradient_monotone(
+    d, hidden, seed, noise, tau, isotropic_quadratic, full_quadratic
+) -> None:
     net = random_network(
-        "hycnn", d, hidden, seed, noise, tau=tau, isotropic_quadratic=isotropic_quadratic
+        "hycnn", d, hidden, seed, noise, tau=tau, isotropic_quadratic=isotropic_quadratic,
+        full_quadratic=full_quadratic,
     )
     inner, tol = gradient_monotonicity(net, d, seed + 2)
     assert (inner >= -tol).all(), float((inner + tol).min())
@@ -156,6 +167,37 @@ def test_icnn_gradient_monotone(d, hidden, seed, noise, activation, quadratic) -
     net = random_network("icnn", d, hidden, seed, noise, activation=activation, quadratic=quadratic)
     inner, tol = gradient_monotonicity(net, d, seed + 2)
     assert (inner >= -tol).all(), float((inner + tol).min())
+
+
+@pytest.mark.parametrize("cls", [HyCNN, ICNN])
+def test_set_quadratic_part_starts_at_the_affine_map(cls) -> None:
+    """After ``set_quadratic_part(M, b)``, ``∇f(x) ≈ M x + b`` up to the damped residual."""
+    generator = torch.Generator().manual_seed(0)
+    d, n_models = 5, 2
+    net = cls(d, (16, 16), n_models=n_models, full_quadratic=True)
+    net.reset_parameters(generator)
+    factor = torch.randn(n_models, d, d, generator=generator)
+    matrix = factor @ factor.transpose(-1, -2) / d + 0.1 * torch.eye(d)
+    linear = torch.randn(n_models, d, generator=generator)
+    net.set_quadratic_part(matrix, linear, residual_scale=1e-3)
+    x = torch.randn(n_models, 100, d, generator=generator)
+    expected = x @ matrix + linear.unsqueeze(1)
+    error = (potential_gradient(net, x) - expected).abs().max()
+    assert error < 1e-2 * expected.abs().max(), float(error)
+    # the residual stays trainable: its output weights are damped, not zeroed
+    assert (torch.nn.functional.softplus(net.output_weight_raw) > 0).all()
+
+
+def test_set_quadratic_part_needs_full_quadratic() -> None:
+    with pytest.raises(ValueError, match="full_quadratic=True"):
+        HyCNN(3, (4,)).set_quadratic_part(torch.eye(3), torch.zeros(3))
+
+
+def test_full_quadratic_starts_isotropic() -> None:
+    net = HyCNN(4, (8,), isotropic_quadratic=0.25, full_quadratic=True)
+    assert net.quadratic_weight_raw is None
+    torch.testing.assert_close(net.quadratic_factor[0], 0.5 * torch.eye(4))
+    assert "full_quadratic=True" in repr(net)
 
 
 def test_mlp_is_not_convex() -> None:

@@ -64,6 +64,12 @@ class ConvexPotential(nn.Module):
         Keep ``α`` small: ``∇f = αx + ∇net`` cannot contract any direction by more than ``α``
         until ``α`` is learned down. A scalar cannot represent an anisotropic map: the
         network still has to learn it.
+    full_quadratic
+        Use ``½ ‖L x‖²`` with a learnable ``d × d`` matrix ``L`` (started at ``√α · I``, ``α``
+        from ``isotropic_quadratic``, or ``I`` when that is 0) instead of the scalar term. The
+        potential then contains the whole family of Gaussian (affine) OT maps, and
+        :meth:`set_quadratic_part` can start it exactly at one, the network learning only the
+        non-Gaussian residual. Costs ``d²`` parameters and one ``d × d`` product per pass.
     """
 
     n_branches: int = 1
@@ -77,6 +83,7 @@ class ConvexPotential(nn.Module):
         skip_variance: float = 0.5,
         zero_skip_init: bool = False,
         isotropic_quadratic: float = 0.0,
+        full_quadratic: bool = False,
     ) -> None:
         super().__init__()
         check_positive(in_features, "in_features", integer=True)
@@ -101,8 +108,16 @@ class ConvexPotential(nn.Module):
         self.output_weight_raw = nn.Parameter(torch.empty(self.n_models, self.hidden[-1]))
         check_positive(isotropic_quadratic, "isotropic_quadratic", allow_zero=True)
         self.isotropic_quadratic = float(isotropic_quadratic)
+        self.full_quadratic = bool(full_quadratic)
         self.quadratic_weight_raw = (
-            nn.Parameter(torch.empty(self.n_models)) if self.isotropic_quadratic > 0 else None
+            nn.Parameter(torch.empty(self.n_models))
+            if self.isotropic_quadratic > 0 and not self.full_quadratic
+            else None
+        )
+        self.quadratic_factor = (
+            nn.Parameter(torch.empty(self.n_models, self.in_features, self.in_features))
+            if self.full_quadratic
+            else None
         )
         self.reset_parameters()
 
@@ -122,6 +137,8 @@ class ConvexPotential(nn.Module):
             text += f", n_models={self.n_models}"
         if self.isotropic_quadratic:
             text += f", isotropic_quadratic={self.isotropic_quadratic}"
+        if self.full_quadratic:
+            text += ", full_quadratic=True"
         return text
 
     # ------------------------------------------------------------------ forward
@@ -154,6 +171,8 @@ class ConvexPotential(nn.Module):
         if self.quadratic_weight_raw is not None:
             alpha = F.softplus(self.quadratic_weight_raw).unsqueeze(-1)
             out = out + 0.5 * alpha * x.square().sum(-1)
+        if self.quadratic_factor is not None:
+            out = out + 0.5 * torch.matmul(x, self.quadratic_factor.transpose(-1, -2)).square().sum(-1)
         if x.dim() == 2 and self.n_models == 1:
             return out.squeeze(0)
         return out
@@ -232,6 +251,45 @@ class ConvexPotential(nn.Module):
         if self.quadratic_weight_raw is not None:
             alpha = torch.full((n_models,), self.isotropic_quadratic)
             self.quadratic_weight_raw.copy_(softplus_inverse(alpha).to(device))
+        if self.quadratic_factor is not None:
+            scale = math.sqrt(self.isotropic_quadratic) if self.isotropic_quadratic > 0 else 1.0
+            eye = torch.eye(d).expand(n_models, d, d) * scale
+            self.quadratic_factor.copy_(eye.to(device))
+
+    @torch.no_grad()
+    def set_quadratic_part(
+        self, matrix: torch.Tensor, linear: torch.Tensor, residual_scale: float = 0.01
+    ) -> None:
+        """Start the potential at ``½ xᵀ M x + bᵀ x`` plus a damped network residual.
+
+        Then ``∇f(x) ≈ M x + b``: with ``M``, ``b`` of a Gaussian OT map the fitted map starts
+        as that map, and training can only move it where the data ask. Needs
+        ``full_quadratic=True``.
+
+        Parameters
+        ----------
+        matrix
+            Symmetric positive semi-definite ``[n_models, d, d]`` (or ``[d, d]``); ``L`` is set
+            to its symmetric square root.
+        linear
+            ``[n_models, d]`` (or ``[d]``): the affine part ``b`` (replaces ``a_out``).
+        residual_scale
+            Factor on the network's z-path output (its initial gradient is O(1) per unit
+            input); small but non-zero keeps it trainable.
+        """
+        if self.quadratic_factor is None:
+            raise ValueError("set_quadratic_part needs a potential built with full_quadratic=True.")
+        d, n_models = self.in_features, self.n_models
+        matrix = torch.as_tensor(matrix, dtype=torch.float64).reshape(-1, d, d).expand(n_models, d, d)
+        linear = torch.as_tensor(linear, dtype=torch.float32).reshape(-1, d).expand(n_models, d)
+        values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.transpose(-1, -2)))
+        root = (vectors * values.clamp_min(0.0).sqrt().unsqueeze(-2)) @ vectors.transpose(-1, -2)
+        device = self.quadratic_factor.device
+        self.quadratic_factor.copy_(root.to(device, torch.float32))
+        self.input_weight[:, -1] = linear.to(device)
+        damped = F.softplus(self.output_weight_raw) * residual_scale
+        self.output_weight_raw.copy_(softplus_inverse(damped.clamp_min(1e-12)))
+        self.input_bias[:, -1] *= residual_scale
 
 
 def potential_gradient(
