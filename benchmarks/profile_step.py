@@ -22,9 +22,9 @@ from hycnn_sc.models.objectives import inner_objective, outer_objective
 
 def step_times(model: str, hidden, dim: int, batch: int, repeats: int = 30) -> tuple[float, float]:
     kwargs = {"isotropic_quadratic": 0.1}
-    f = build_potential(model, dim, hidden, tau=10.0 if model == "hycnn" else None,
+    f = build_potential(model, dim, hidden, tau=0.3 if model == "hycnn" else None,
                         network_kwargs=kwargs)
-    g = build_potential(model, dim, hidden, tau=10.0 if model == "hycnn" else None,
+    g = build_potential(model, dim, hidden, tau=0.3 if model == "hycnn" else None,
                         network_kwargs=kwargs)
     g_params = list(g.parameters())
     optimizer_f, optimizer_g = torch.optim.Adam(f.parameters()), torch.optim.Adam(g_params)
@@ -68,8 +68,8 @@ def main() -> None:
     print_table(["potential", "inner step ms", "outer step ms", "iteration ms (5+1)",
                  "1000 iterations s"], rows)
 
-    f = build_potential("hycnn", args.dim, (48,) * 4, tau=10.0)
-    g = build_potential("hycnn", args.dim, (48,) * 4, tau=10.0)
+    f = build_potential("hycnn", args.dim, (48,) * 4, tau=0.3)
+    g = build_potential("hycnn", args.dim, (48,) * 4, tau=0.3)
     y = torch.randn(args.batch, args.dim)
     with torch.profiler.profile() as profiler:
         for _ in range(20):
