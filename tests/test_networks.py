@@ -23,15 +23,6 @@ SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[Healt
 ACTIVATIONS = ("relu", "softplus", "leaky_relu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny networks run fastest on one thread (and the CI box has only 2 busy cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ---------------------------------------------------------------------------- helpers
 def perturb(module: torch.nn.Module, generator: torch.Generator, scale: float) -> None:
     """Add N(0, scale²) noise to every parameter (convexity must survive any weights)."""

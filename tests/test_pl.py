@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -27,14 +26,6 @@ from hycnn_sc.pl._transport import knn_place
 
 FIT = dict(n_iters=20, hidden=(8,), batch_size=64, warm_start_iters=10, seed=0, device="cpu")
 PLOTS = ("transport", "training", "response", "evaluation")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -15,15 +14,6 @@ from hycnn_sc.models import ICNN, MLP, HyCNN
 from hycnn_sc.models.regressor import ConvexRegressor
 
 FAST = dict(hidden=(16, 16), epochs=30, batch_size=64, device="cpu", seed=0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny networks train fastest on one thread (and the box has only 2 busy cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -42,15 +42,6 @@ BASE = dict(
 TINY = dict(hidden=(4,), n_iters=5, inner_steps=2, batch_size=32, warm_start_iters=5, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny networks train fastest on one thread (and the box has only 2 busy cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def random_spd(rng: np.random.Generator, d: int, low: float = 0.5, high: float = 3.0) -> np.ndarray:
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
     return (q * rng.uniform(low, high, size=d)) @ q.T
@@ -141,6 +132,15 @@ def test_full_quadratic_starts_exactly_at_the_gaussian_map(problem, model) -> No
     assert error <= 1e-3 * np.sum((reference - problem.fresh) ** 2, axis=1).mean()
     assert problem.relative_error(tmap) <= 0.05
     assert tmap.f_.full_quadratic and tmap.history_["loss_f"].shape == (1,)
+
+
+def test_full_quadratic_exact_start_ignores_warm_start_iters(problem) -> None:
+    """The exact Gaussian start does no gradient matching, so warm_start_iters=0 keeps it."""
+    options = dict(n_iters=1, network_kwargs={"full_quadratic": True}, **{**BASE, "lr": 1e-6})
+    with_steps = fit(problem.source, problem.target, warm_start_iters=100, **options)
+    without = fit(problem.source, problem.target, warm_start_iters=0, **options)
+    np.testing.assert_array_equal(with_steps.transport(problem.fresh),
+                                  without.transport(problem.fresh))
 
 
 @pytest.mark.parametrize(

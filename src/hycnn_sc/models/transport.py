@@ -407,32 +407,33 @@ class TransportMap:
         return maps
 
     def _warm_start(self, f, g, source: StackedSamples, target: StackedSamples, generator) -> None:
-        if self.warm_start is None or self.warm_start_iters == 0:
+        # full_quadratic potentials start exactly at the Gaussian map: no gradient matching,
+        # so warm_start_iters does not apply to them.
+        exact = self.warm_start == "gaussian" and f.full_quadratic and g.full_quadratic
+        if self.warm_start is None or (self.warm_start_iters == 0 and not exact):
             return
         device = source.values.device
         if self.warm_start == "identity":
             forward = backward = lambda points: points
         else:
-            means_source, means_target, matrices, inverses = [], [], [], []
-            for src, tgt in zip(source.arrays, target.arrays, strict=True):
-                # A ridge keeps the warm start defined with fewer cells than features or
-                # constant features (gene space, small strata).
-                gaussian = GaussianTransportMap(regularization=GAUSSIAN_RIDGE).fit(src, tgt)
-                means_source.append(gaussian.mean_source_)
-                means_target.append(gaussian.mean_target_)
-                matrices.append(gaussian.matrix_)
-                inverses.append(gaussian.inverse_matrix_)
-
-            def stack(values):
-                return torch.as_tensor(np.stack(values), dtype=torch.float32, device=device)
-
-            m0, m1 = stack(means_source).unsqueeze(1), stack(means_target).unsqueeze(1)
-            a, a_inv = stack(matrices), stack(inverses)
-            if f.full_quadratic and g.full_quadratic:
-                # Exact: ∇f(x) = A x + (m1 - A m0) is the Gaussian map itself (A symmetric).
-                f.set_quadratic_part(a, (m1 - m0 @ a).squeeze(1))
-                g.set_quadratic_part(a_inv, (m0 - m1 @ a_inv).squeeze(1))
+            # A ridge keeps the warm start defined with fewer cells than features or
+            # constant features (gene space, small strata).
+            gaussians = [GaussianTransportMap(regularization=GAUSSIAN_RIDGE).fit(src, tgt)
+                         for src, tgt in zip(source.arrays, target.arrays, strict=True)]
+            m0, m1, a, a_inv = (
+                np.stack([getattr(gaussian, name) for gaussian in gaussians])
+                for name in ("mean_source_", "mean_target_", "matrix_", "inverse_matrix_")
+            )
+            if exact:
+                # ∇f(x) = A x + (m1 - A m0) is the Gaussian map itself (A symmetric); float64.
+                f.set_quadratic_part(torch.as_tensor(a),
+                                     torch.as_tensor(m1 - np.einsum("kd,kde->ke", m0, a)))
+                g.set_quadratic_part(torch.as_tensor(a_inv),
+                                     torch.as_tensor(m0 - np.einsum("kd,kde->ke", m1, a_inv)))
                 return
+            m0, m1, a, a_inv = (torch.as_tensor(values, dtype=torch.float32, device=device)
+                                for values in (m0, m1, a, a_inv))
+            m0, m1 = m0.unsqueeze(1), m1.unsqueeze(1)
 
             def forward(points):
                 return m1 + (points - m0) @ a
