@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 #: Smallest settings that still run the whole pipeline (warm start, minimax, validation).
 TINY = dict(
-    n_iters=10, inner_steps=2, hidden=(8,), warm_start_iters=10, batch_size=64, device="cpu"
+    validation_fraction=0.2, n_iters=10, inner_steps=2, hidden=(8,), warm_start_iters=10, batch_size=64, device="cpu"
 )
 #: Cells of the Kang subset and principal components used throughout.
 N_KANG = 240

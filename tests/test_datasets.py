@@ -13,7 +13,14 @@ import scipy.io
 import scipy.sparse as sp
 
 from hycnn_sc import datasets
-from hycnn_sc.datasets import _kang2018, kang2018, kang_ifnb1k, perturbseq_devel
+from hycnn_sc.datasets import (
+    _kang2018,
+    _shipped,
+    glioblastoma_panobinostat,
+    kang2018,
+    kang_ifnb1k,
+    perturbseq_devel,
+)
 
 # ----------------------------------------------------------------------------- shipped data
 
@@ -23,7 +30,12 @@ def _is_categorical(series: pd.Series) -> bool:
 
 
 def test_public_api():
-    assert set(datasets.__all__) == {"kang2018", "kang_ifnb1k", "perturbseq_devel"}
+    assert set(datasets.__all__) == {
+        "glioblastoma_panobinostat",
+        "kang2018",
+        "kang_ifnb1k",
+        "perturbseq_devel",
+    }
 
 
 def test_kang_ifnb1k_contents():
@@ -84,7 +96,64 @@ def test_perturbseq_devel_contents():
     ).all().sum() == 15
 
 
-@pytest.mark.parametrize("loader", [kang_ifnb1k, perturbseq_devel])
+def test_glioblastoma_panobinostat_contents():
+    adata = glioblastoma_panobinostat()
+    assert adata.shape == (5000, 300)
+    assert sp.issparse(adata.X) and adata.X.format == "csr"
+    assert adata.X.dtype == np.float32
+    # raw integer UMI counts
+    data = adata.X.data
+    assert np.all(data >= 0) and np.array_equal(data, np.round(data))
+    assert data.max() == 1318
+    assert np.asarray(adata.X.sum(axis=1)).min() > 0
+    obs = adata.obs
+    assert {"condition", "treatment", "patient_id", "sample_id", "treatment_id"} <= set(obs)
+    for column in ("condition", "treatment", "patient_id", "sample_id"):
+        assert _is_categorical(obs[column]), column
+    assert list(obs["condition"].cat.categories) == ["ctrl", "panobinostat"]
+    patients = ["PW030", "PW032", "PW034", "PW036", "PW040"]
+    assert list(obs["patient_id"].cat.categories) == patients
+    # 5 patients × (500 control + 500 treated)
+    table = pd.crosstab(obs["patient_id"], obs["condition"])
+    assert table.index.tolist() == patients
+    assert (table.to_numpy() == 500).all() and table.shape == (5, 2)
+    # treatment agrees with condition; one control and one treated sample per patient
+    assert pd.crosstab(obs["treatment"], obs["condition"]).to_dict() == {
+        "ctrl": {"0.2 uM panobinostat": 0, "vehicle (DMSO)": 2500},
+        "panobinostat": {"0.2 uM panobinostat": 2500, "vehicle (DMSO)": 0},
+    }
+    assert obs["sample_id"].nunique() == 10
+    assert (obs.groupby("sample_id", observed=True)["condition"].nunique() == 1).all()
+    assert (
+        obs["sample_id"].astype(str).str.split("-").str[0] == obs["patient_id"].astype(str)
+    ).all()
+    # genes: Ensembl IDs with symbols
+    assert adata.var_names.str.startswith("ENSG").all()
+    symbols = adata.var["symbol"]
+    assert symbols.notna().all() and (symbols.astype(str).str.len() > 0).all()
+    assert symbols.is_unique and "SPP1" in set(symbols)
+    assert adata.obs_names.is_unique and adata.var_names.is_unique
+
+
+def test_ensure_categoricals_puts_control_label_first():
+    obs = pd.DataFrame(
+        {
+            "condition": ["panobinostat", "ctrl", "a"],
+            "perturbation": ["b", "control", "ctrl"],  # "control" wins over "ctrl"
+            "cell_type": ["x", "y", "x"],
+            "patient_id": ["P2", "P1", "P2"],
+            "other": ["ctrl", "b", "a"],  # not a label column: left alone
+        }
+    )
+    _shipped._ensure_categoricals(obs)
+    assert list(obs["condition"].cat.categories) == ["ctrl", "a", "panobinostat"]
+    assert list(obs["perturbation"].cat.categories) == ["control", "b", "ctrl"]
+    assert list(obs["cell_type"].cat.categories) == ["x", "y"]
+    assert list(obs["patient_id"].cat.categories) == ["P1", "P2"]
+    assert not _is_categorical(obs["other"])
+
+
+@pytest.mark.parametrize("loader", [kang_ifnb1k, perturbseq_devel, glioblastoma_panobinostat])
 def test_shipped_loaders_return_independent_objects(loader):
     first = loader()
     second = loader()
@@ -95,6 +164,9 @@ def test_shipped_loaders_return_independent_objects(loader):
     assert second.X.data.min() >= 0 and third.X.data.min() >= 0
     assert (third.obs["condition"] != "changed").all()
     assert _is_categorical(third.obs["condition"])
+    if "symbol" in first.var:  # gene annotation is not shared either
+        first.var["symbol"] = "changed"
+        assert (loader().var["symbol"] != "changed").all()
 
 
 # ------------------------------------------------------------------------------- Kang 2018

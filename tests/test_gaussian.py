@@ -135,7 +135,7 @@ def test_dict_round_trip() -> None:
     )
     state = gmap.to_dict()
     for value in state.values():
-        assert isinstance(value, (float, np.ndarray))
+        assert isinstance(value, (float, str, np.ndarray))  # str: the covariance estimator
     restored = GaussianTransportMap.from_dict(state)
     assert restored.regularization == gmap.regularization
     assert restored.w2_squared_ == gmap.w2_squared_
@@ -145,7 +145,8 @@ def test_dict_round_trip() -> None:
     x = rng.normal(size=(4, 3))
     np.testing.assert_array_equal(restored.transport(x), gmap.transport(x))
     # values as read back from h5ad (numpy scalars, lists) are accepted
-    loose = {k: (np.float64(v) if isinstance(v, float) else v.tolist()) for k, v in state.items()}
+    loose = {k: (np.float64(v) if isinstance(v, float) else v if isinstance(v, str) else v.tolist())
+             for k, v in state.items()}
     np.testing.assert_array_equal(GaussianTransportMap.from_dict(loose).matrix_, gmap.matrix_)
     with pytest.raises(ValueError, match="missing keys"):
         GaussianTransportMap.from_dict({"matrix": state["matrix"]})
@@ -187,3 +188,46 @@ def test_other_errors() -> None:
         gaussian_transport_matrix(np.eye(2), np.diag([1.0, -1.0]))
     with pytest.raises(ValueError, match="shape"):
         gaussian_transport_matrix(np.eye(2), np.eye(3))
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("covariance", ["empirical", "ledoit_wolf"])
+def test_shrinkage_interpolates_to_the_mean_shift(shrinkage: float, covariance: str) -> None:
+    rng = np.random.default_rng(11)
+    source = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 4))
+    target = rng.normal(size=(250, 4)) * 3 + 1
+    gmap = GaussianTransportMap(shrinkage=shrinkage, covariance=covariance).fit(source, target)
+    full = GaussianTransportMap(covariance=covariance).fit(source, target)
+    expected = (1 - shrinkage) * full.matrix_ + shrinkage * np.eye(4)
+    np.testing.assert_allclose(gmap.matrix_, expected, atol=1e-10)
+    np.testing.assert_allclose(gmap.matrix_ @ gmap.inverse_matrix_, np.eye(4), atol=1e-8)
+    assert np.linalg.eigvalsh(gmap.matrix_).min() > 0  # still the gradient of a convex function
+    moved = gmap.transport(source)
+    np.testing.assert_allclose(moved.mean(0), target.mean(0), atol=1e-8)  # means always match
+    if shrinkage == 1.0:
+        np.testing.assert_allclose(moved, source + target.mean(0) - source.mean(0), atol=1e-8)
+    restored = GaussianTransportMap.from_dict(gmap.to_dict())
+    np.testing.assert_array_equal(restored.transport(source), moved)
+
+
+def test_ledoit_wolf_is_better_conditioned_with_few_cells() -> None:
+    rng = np.random.default_rng(12)
+    source, target = rng.normal(size=(25, 20)), rng.normal(size=(25, 20)) * 2
+    empirical = GaussianTransportMap(regularization=1e-3).fit(source, target)
+    shrunk = GaussianTransportMap(regularization=1e-3, covariance="ledoit_wolf").fit(source, target)
+    assert np.linalg.cond(shrunk.matrix_) < np.linalg.cond(empirical.matrix_)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"shrinkage": -0.1}, ValueError, r"shrinkage must lie in \[0, 1\] \(0: Gaussian OT map, 1: mean shift\)"),
+        ({"shrinkage": 1.5}, ValueError, "shrinkage must lie in"),
+        ({"shrinkage": "auto"}, TypeError, "shrinkage must be a number"),
+        ({"covariance": "oas"}, ValueError, "Unknown covariance 'oas'; choose one of"),
+    ],
+)
+def test_bad_shrinkage_and_covariance(kwargs, error, match) -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(error, match=match):
+        GaussianTransportMap(**kwargs).fit(rng.normal(size=(20, 2)), rng.normal(size=(20, 2)))

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 import hycnn_sc as hs
 from hycnn_sc.pl._transport import knn_place
 
-FIT = dict(n_iters=20, hidden=(8,), batch_size=64, warm_start_iters=10, seed=0, device="cpu")
+FIT = dict(validation_fraction=0.2, n_iters=20, hidden=(8,), batch_size=64, warm_start_iters=10, seed=0, device="cpu")
 PLOTS = ("transport", "training", "response", "evaluation")
 
 

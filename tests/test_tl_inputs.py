@@ -374,7 +374,7 @@ def test_batch_size_larger_than_data_and_no_held_out_cells(kang):
                   **{**TINY, "batch_size": 1000})
     assert np.isfinite(kang.obsm["hycnn_stimulated"][(kang.obs["condition"] == "control")]).all()
     assert set(kang.obs["hycnn_split"].dropna()) == {"train"}
-    with pytest.raises(ValueError, match=r"Nothing to evaluate.*validation_fraction > 0"):
+    with pytest.raises(ValueError, match=r"Nothing to evaluate.*validation_fraction=0.2.*holdout="):
         evaluate(kang)
     with pytest.raises(ValueError, match=r"cells='held_out' selects no cells.*validation_fraction"):
         predict(kang, target="stimulated", cells="held_out")

@@ -6,7 +6,7 @@ import pytest
 import hycnn_sc.models._minimax as minimax
 from hycnn_sc.models import TransportMap
 
-SMALL = dict(hidden=(8,), n_iters=30, batch_size=64, warm_start_iters=20, seed=0, device="cpu")
+SMALL = dict(residual=1.0, hidden=(8,), n_iters=30, batch_size=64, warm_start_iters=20, seed=0, device="cpu")
 
 
 @pytest.fixture(scope="module")

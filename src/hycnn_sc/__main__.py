@@ -40,7 +40,7 @@ def run_demo(out: Path, *, n_iters: int, seed: int, device: str) -> None:
 
     tl.fit_transport(
         adata, groupby="condition", source="control", target="stimulated",
-        n_iters=n_iters, seed=seed, device=device, progress=True,
+        validation_fraction=0.2, n_iters=n_iters, seed=seed, device=device, progress=True,
     )
     table = tl.evaluate(adata, by="cell_type")
     table.to_csv(out / "evaluation.csv", index=False)

@@ -7,6 +7,9 @@ Shipped with the package (no download, a new object on every call):
 - :func:`perturbseq_devel` — 5,961 Perturb-seq cells, CRISPRa/CRISPRi, four cell
   lines, log1p-normalised, 500 genes (Norman et al. 2019 + McFaline-Figueroa et
   al.; PerturBench, BSD-3-Clause).
+- :func:`glioblastoma_panobinostat` — 5,000 glioblastoma cells from five patients,
+  DMSO vehicle vs the HDAC inhibitor panobinostat, raw counts, 300 genes (Zhao et
+  al. 2021 subset; lemur, MIT).
 
 Downloaded from the original public source and cached:
 
@@ -24,6 +27,6 @@ Examples
 """
 
 from ._kang2018 import kang2018
-from ._shipped import kang_ifnb1k, perturbseq_devel
+from ._shipped import glioblastoma_panobinostat, kang_ifnb1k, perturbseq_devel
 
-__all__ = ["kang2018", "kang_ifnb1k", "perturbseq_devel"]
+__all__ = ["glioblastoma_panobinostat", "kang2018", "kang_ifnb1k", "perturbseq_devel"]

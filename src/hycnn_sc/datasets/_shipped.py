@@ -16,15 +16,16 @@ import pandas as pd
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["kang_ifnb1k", "perturbseq_devel"]
+__all__ = ["glioblastoma_panobinostat", "kang_ifnb1k", "perturbseq_devel"]
 
 _DATA_PACKAGE = "hycnn_sc.datasets"
 _DATA_DIR = "data"
 
 #: obs columns that are always returned as pandas categoricals (when present).
-_CATEGORICAL_COLUMNS = ("condition", "perturbation", "cell_type")
-#: label of the unperturbed population, placed first among the categories.
-_CONTROL = "control"
+_CATEGORICAL_COLUMNS = ("condition", "perturbation", "cell_type", "patient_id")
+#: labels of the unperturbed population, in order of preference: the first of them
+#: that is a category of a column is placed first among that column's categories.
+_CONTROL_LABELS = ("control", "ctrl")
 
 
 def _read_shipped(filename: str) -> AnnData:
@@ -63,7 +64,10 @@ def _read_shipped(filename: str) -> AnnData:
 
 
 def _ensure_categoricals(obs: pd.DataFrame) -> None:
-    """Make the label columns categorical, with ``"control"`` as the first category.
+    """Make the label columns categorical, with the control label as the first category.
+
+    The control label is ``"control"`` or, where a column has no ``"control"``
+    category, ``"ctrl"``; the order of the other categories is kept.
 
     Parameters
     ----------
@@ -76,6 +80,10 @@ def _ensure_categoricals(obs: pd.DataFrame) -> None:
     >>> _ensure_categoricals(obs)
     >>> list(obs["condition"].cat.categories)
     ['control', 'a', 'b']
+    >>> obs = pd.DataFrame({"condition": ["panobinostat", "ctrl"], "patient_id": ["P2", "P1"]})
+    >>> _ensure_categoricals(obs)
+    >>> list(obs["condition"].cat.categories), list(obs["patient_id"].cat.categories)
+    (['ctrl', 'panobinostat'], ['P1', 'P2'])
     """
     for column in _CATEGORICAL_COLUMNS:
         if column not in obs.columns:
@@ -84,9 +92,10 @@ def _ensure_categoricals(obs: pd.DataFrame) -> None:
         if not isinstance(values.dtype, pd.CategoricalDtype):
             values = values.astype("category")
         categories = list(values.cat.categories)
-        if _CONTROL in categories and categories[0] != _CONTROL:
-            categories.remove(_CONTROL)
-            values = values.cat.reorder_categories([_CONTROL, *categories])
+        control = next((label for label in _CONTROL_LABELS if label in categories), None)
+        if control is not None and categories[0] != control:
+            categories.remove(control)
+            values = values.cat.reorder_categories([control, *categories])
         obs[column] = values
 
 
@@ -220,3 +229,97 @@ def perturbseq_devel() -> AnnData:
     ['A172', 'T98G', 'U87MG', 'k562']
     """
     return _read_shipped("perturbseq_devel.h5ad")
+
+
+def glioblastoma_panobinostat() -> AnnData:
+    """Patient-derived glioblastoma slices treated ex vivo with panobinostat: Zhao et al. 2021.
+
+    A real **drug** perturbation: acute slices of surgically resected
+    glioblastoma from five patients (PW030, PW032, PW034, PW036, PW040) were
+    cultured ex vivo with the HDAC inhibitor panobinostat (0.2 µM) or with
+    vehicle (DMSO) and profiled by single-cell RNA-seq (Zhao et al., Genome Med.
+    13, 82, 2021; GEO GSE148842). This is the 5,000-cell, 300-gene subset that
+    the lemur R package distributes (MIT licence) as its
+    ``glioblastoma_example_data``, converted to AnnData with the counts
+    unchanged: 500 control and 500 treated cells from each patient.
+
+    One drug at one dose, with the same response measured in five patients, so
+    the intended use is leave-one-patient-out prediction: fit a transport map
+    from ``ctrl`` to ``panobinostat`` on four patients and predict the fifth
+    patient's treated cells from its control cells.
+
+    Returns
+    -------
+    AnnData
+        A new object on every call (``5000 × 300``, cells × genes) with
+
+        ``X``
+            Raw integer UMI counts, stored as a ``scipy.sparse`` CSR matrix of
+            ``float32`` (not normalised, not log-transformed; max 1318, 58% of
+            the entries non-zero, 22 to 18,983 counts per cell).
+        ``obs_names``
+            Cell barcodes (``"CGCCAGAGCGCA"``), made unique by a suffix such as
+            ``".1"`` where a barcode occurs more than once in the full study.
+        ``var_names``
+            300 unique Ensembl gene IDs (``"ENSG00000118785"``).
+        ``var['symbol']``
+            Gene symbols (``"SPP1"``), all present and unique.
+        ``var['gene_id']``
+            The Ensembl ID again (equal to ``var_names``).
+        ``var['chromosome']``, ``var['strand.']``, ``var['gene_length']``, ``var['source']``
+            Gene annotation: chromosome and strand (categorical), gene length in
+            bases (int32) and annotation source (categorical, e.g.
+            ``ensembl_havana``).
+        ``obs['condition']``
+            Categorical, categories ``['ctrl', 'panobinostat']``: 2,500 cells
+            each.
+        ``obs['treatment']``
+            Categorical, the treatment as published: ``vehicle (DMSO)`` (the
+            ``ctrl`` cells) or ``0.2 uM panobinostat``.
+        ``obs['patient_id']``
+            Categorical, ``PW030``, ``PW032``, ``PW034``, ``PW036``, ``PW040``:
+            1,000 cells each, 500 per condition.
+        ``obs['sample_id']``
+            Categorical, ``'<patient_id>-<treatment_id>'``: 10 samples of 500
+            cells, one control and one treated sample per patient.
+        ``obs['treatment_id']``
+            Categorical, the sample number of the original study (``'701'`` …
+            ``'712'``). It identifies a sample only together with the patient:
+            the same number can be a control sample in one patient and a treated
+            one in another.
+        ``obs['age']``, ``obs['gender']``, ``obs['location']``, ``obs['diagnosis']``
+            Patient annotation: age in years (float64), ``F``/``M``, tumour
+            location (4 categories) and diagnosis (always
+            ``Glioblastoma, WHO Grade IV``).
+
+    Notes
+    -----
+    Cite the original study when you use these data: Zhao, W. et al.
+    Deconvolution of cell type-specific drug responses in human tumor tissue
+    with single-cell RNA-seq. *Genome Medicine* 13, 82 (2021).
+    doi:10.1186/s13073-021-00894-y. The file comes from
+    https://github.com/const-ae/lemur (commit ``0e62bc12``,
+    ``data/glioblastoma_example_data.rda``; MIT licence, "Copyright (c) 2023
+    lemur authors"); its ``logcounts`` assay was dropped. The licence text is
+    in ``hycnn_sc/datasets/data/README.md``.
+
+    Examples
+    --------
+    >>> from hycnn_sc.datasets import glioblastoma_panobinostat
+    >>> adata = glioblastoma_panobinostat()
+    >>> adata.shape
+    (5000, 300)
+    >>> list(adata.obs["condition"].cat.categories)
+    ['ctrl', 'panobinostat']
+    >>> list(adata.obs["patient_id"].cat.categories)
+    ['PW030', 'PW032', 'PW034', 'PW036', 'PW040']
+
+    Leave one patient out: train on four patients, predict the fifth's treated cells
+    from its 500 control cells.
+
+    >>> held_out = (adata.obs["patient_id"] == "PW040").to_numpy()
+    >>> train, test = adata[~held_out], adata[held_out]
+    >>> train.obs["patient_id"].nunique(), int((test.obs["condition"] == "ctrl").sum())
+    (4, 500)
+    """
+    return _read_shipped("glioblastoma_panobinostat.h5ad")

@@ -8,8 +8,9 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -18,13 +19,26 @@ from tqdm.auto import tqdm
 from ._convex_base import ConvexPotential, potential_gradient
 from ._factory import DEFAULT_HIDDEN, POTENTIALS, build_potential, check_model_name
 from ._minimax import MinimaxSettings, StackedSamples, train_minimax, warm_start
+from ._selection import (
+    FRAMES,
+    LINEAR_RIDGE,
+    MAX_SCORED_CELLS,
+    SHRINKAGE_GRID,
+    centre_on_groups,
+    choose_linear,
+    choose_residual,
+    fit_linear,
+    group_means,
+    paired_groups,
+)
 from ._utils import as_float_array, check_hidden, check_positive, make_generator, resolve_device
-from .gaussian import GaussianTransportMap
+from .gaussian import GaussianTransportMap, check_shrinkage
 from .objectives import dual_w2_squared
 from .schedules import check_tau_schedule
 
 FORMAT = "hycnn_sc.TransportMap"
-FORMAT_VERSION = 1
+#: 2: linear part, residual weight, frame and group means (hycnn_sc 0.2).
+FORMAT_VERSION = 2
 WARM_STARTS = ("gaussian", "identity", None)
 #: Fewest held-out points per side for validation; smaller data train without validation.
 MIN_VALIDATION_POINTS = 8
@@ -42,6 +56,10 @@ GAUSSIAN_RIDGE = 1e-3
 DEFAULT_TAU = 0.3
 #: Initial strength of the isotropic quadratic term added to both potentials by default.
 DEFAULT_QUADRATIC = 0.1
+#: Fewest held-out groups on which a network must beat the linear map to be kept (groups given).
+MIN_HELD_OUT_GROUPS = 2
+#: Fewest source points of a new group that a ``"group"``-frame map moves (its mean is used).
+MIN_GROUP_POINTS = 10
 #: Rows per chunk in :meth:`TransportMap.transport` and friends.
 INFERENCE_BATCH = 32768
 
@@ -165,6 +183,9 @@ class TransportMap:
         tau_cycles: int = 1,
         warm_start: str | None = "gaussian",
         warm_start_iters: int = 200,
+        shrinkage: float | Literal["auto"] = "auto",
+        residual: float | Literal["auto"] = "auto",
+        frame: Literal["auto", "global", "group"] = "auto",
         validation_fraction: float = 0.1,
         validation_every: int | None = None,
         network_kwargs: dict[str, Any] | None = None,
@@ -187,6 +208,9 @@ class TransportMap:
         self.tau_cycles = tau_cycles
         self.warm_start = warm_start
         self.warm_start_iters = warm_start_iters
+        self.shrinkage = shrinkage
+        self.residual = residual
+        self.frame = frame
         self.validation_fraction = validation_fraction
         self.validation_every = validation_every
         self.network_kwargs = network_kwargs
@@ -249,6 +273,16 @@ class TransportMap:
             raise ValueError("tau_schedule only applies to model='hycnn'.")
         if self.warm_start not in WARM_STARTS:
             raise ValueError(f"Unknown warm_start {self.warm_start!r}; choose one of {WARM_STARTS}.")
+        meanings = {"shrinkage": "0: Gaussian OT map, 1: mean shift",
+                    "residual": "0: the linear map, 1: the network alone"}
+        for name, meaning in meanings.items():
+            value = getattr(self, name)
+            if isinstance(value, str) and value != "auto":
+                raise ValueError(f"{name} must be 'auto' or a number in [0, 1] ({meaning}), got {value!r}.")
+            if not isinstance(value, str):
+                check_shrinkage(value, name, meaning)
+        if self.frame not in ("auto", *FRAMES):
+            raise ValueError(f"Unknown frame {self.frame!r}; choose 'auto', 'global' or 'group'.")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(
                 f"validation_fraction must lie in [0, 1), got {self.validation_fraction!r}."
@@ -260,28 +294,42 @@ class TransportMap:
             raise TypeError(f"network_kwargs must be a dict or None, got {self.network_kwargs!r}.")
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, source, target) -> TransportMap:
+    def fit(self, source, target, *, source_groups=None, target_groups=None) -> TransportMap:
         """Learn the map from ``source`` ``[n0, d]`` to ``target`` ``[n1, d]`` (``n0 != n1`` allowed).
+
+        Parameters
+        ----------
+        source, target
+            Points of the two populations.
+        source_groups, target_groups
+            Optional group label of every row (patient, cell line, sample, cell type). With at
+            least two groups present on both sides, selection holds out whole groups (so the
+            chosen map is the one that generalises to a new group), the ``"group"`` frame
+            becomes available, and rows of groups present on one side only are not used.
 
         Returns
         -------
         self
         """
-        fitted = type(self).fit_many([source], [target], **self.get_params())[0]
+        fitted = type(self).fit_many([source], [target], source_groups=[source_groups],
+                                     target_groups=[target_groups], **self.get_params())[0]
         self.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
         return self
 
     @classmethod
     def fit_many(
-        cls, sources: Sequence[Any], targets: Sequence[Any], **params: Any
+        cls, sources: Sequence[Any], targets: Sequence[Any], *,
+        source_groups: Sequence[Any] | None = None, target_groups: Sequence[Any] | None = None,
+        **params: Any,
     ) -> list[TransportMap]:
         """Fit one map per ``(sources[k], targets[k])`` pair as a single batched computation.
 
         All ``K`` potential pairs are stacked along a leading model axis and trained together
         (one matrix product per layer for all maps), which costs far less than ``K`` separate
         fits. Each map is trained exactly as a separate fit would train it (Adam's updates
-        are per parameter; only the random batches differ). Passing the same array object as
-        several sources (one control population) stores it once.
+        are per parameter; only the random batches differ), and chooses its own linear part
+        and residual weight. ``source_groups[k]``/``target_groups[k]`` are the optional group
+        labels of pair ``k`` (see :meth:`fit`).
 
         Returns
         -------
@@ -305,29 +353,22 @@ class TransportMap:
                 f"sources and targets must be equally long, non-empty lists; got {len(sources)} "
                 f"and {len(targets)}."
             )
-        arrays = _check_pairs(sources, targets)
-        return template._fit_stacked(arrays)
+        pairs = _check_pairs(sources, targets, source_groups, target_groups)
+        if template.frame == "group" and any(len(paired_groups(p.source_labels, p.target_labels)) < 2
+                                              if p.source_labels is not None else True
+                                              for p in pairs):
+            raise ValueError(
+                "frame='group' needs group labels (source_groups and target_groups) with at least "
+                "two groups present on both sides; pass them, or use frame='auto' or 'global'."
+            )
+        return template._fit_stacked(pairs)
 
-    def _fit_stacked(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[TransportMap]:
+    def _fit_stacked(self, pairs: list[_Pair]) -> list[TransportMap]:
         device = resolve_device(self.device)
         generator, seed = make_generator(self.seed)
         rng = np.random.default_rng(seed)
-        in_features = pairs[0][0].shape[1]
-        centers, scales, train, held_out = [], [], [], []
-        standardised: dict[int, np.ndarray] = {}
-        for source, target in pairs:
-            center, scale = _common_standardisation(source, target)
-            centers.append(center)
-            scales.append(scale)
-            sides = []
-            for array in (source, target):
-                # One split per distinct array keeps a shared control population shared.
-                key = (id(array), center.tobytes(), scale)
-                if key not in standardised:
-                    standardised[key] = _split((array - center) / scale, self.validation_fraction, rng)
-                sides.append(standardised[key])
-            train.append((sides[0][0], sides[1][0]))
-            held_out.append((sides[0][1], sides[1][1]))
+        in_features = pairs[0].source.shape[1]
+        prepared = [self._prepare(pair, rng) for pair in pairs]
         n_models = len(pairs)
         hidden, tau = self._resolved_hidden(), self._resolved_tau()
         potentials = []
@@ -339,36 +380,34 @@ class TransportMap:
             potential.reset_parameters(generator)
             potentials.append(potential.to(device))
         f, g = potentials
-        source_samples = StackedSamples([pair[0] for pair in train], device)
-        target_samples = StackedSamples([pair[1] for pair in train], device)
-        self._warm_start(f, g, source_samples, target_samples, generator)
+        source_samples = StackedSamples([p.train_source for p in prepared], device)
+        target_samples = StackedSamples([p.train_target for p in prepared], device)
+        train_network = self.residual != 0
+        if train_network:
+            self._warm_start(f, g, source_samples, target_samples, generator,
+                             [p.linear_train for p in prepared])
 
-        # Each map selects its best iterate on its held-out points; a map whose held-out share
-        # is too small (a small stratum) falls back to its training points rather than
-        # switching selection off for every stacked map.
+        # Each map selects its best iterate (and its residual weight) on its held-out points; a
+        # map whose held-out share is too small (a small stratum) falls back to its training
+        # points rather than switching selection off for every stacked map.
         use_validation = self.validation_fraction > 0
+        chosen = [p.scoring_pair() for p in prepared]
         validation = None
         if use_validation:
-            chosen = [
-                (src_held, tgt_held)
-                if min(len(src_held), len(tgt_held)) >= MIN_VALIDATION_POINTS
-                else (src_train, tgt_train)
-                for (src_train, tgt_train), (src_held, tgt_held) in zip(train, held_out, strict=True)
-            ]
             validation = (
                 StackedSamples([src[:MAX_VALIDATION_POINTS] for src, _ in chosen], device),
                 [torch.as_tensor(tgt[:MAX_VALIDATION_POINTS], device=device) for _, tgt in chosen],
             )
         settings = MinimaxSettings(
-            n_iters=self.n_iters, inner_steps=self.inner_steps, batch_size=self.batch_size,
-            lr=self.lr, lr_final_fraction=self.lr_final_fraction,
+            n_iters=self.n_iters if train_network else 0, inner_steps=self.inner_steps,
+            batch_size=self.batch_size, lr=self.lr, lr_final_fraction=self.lr_final_fraction,
             lr_warmup_fraction=self.lr_warmup_fraction, betas=tuple(self.betas),
             validation_every=self.validation_every or max(self.n_iters // 20, 1),
             tau=tau if self.model == "hycnn" else None, tau_schedule=self.tau_schedule,
             tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
         )
         result = train_minimax(f, g, source_samples, target_samples, settings, generator, validation)
-        if use_validation and not result.converged.all():
+        if train_network and use_validation and not result.converged.all():
             warnings.warn(
                 f"{int((~result.converged).sum())} of {n_models} transport map(s) had a validation "
                 "energy distance still falling by more than 5% in the last quarter of training; "
@@ -376,20 +415,20 @@ class TransportMap:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        evaluation = chosen if use_validation else train
+        evaluation = chosen if use_validation else [(p.train_source, p.train_target) for p in prepared]
         w2 = dual_w2_squared(
             f, g,
             StackedSamples([src for src, _ in evaluation], device).padded(),
             StackedSamples([tgt for _, tgt in evaluation], device).padded(),
-        ).cpu().numpy()
+        ).detach().cpu().numpy()
 
         maps = []
-        for k in range(n_models):
+        for k, prep in enumerate(prepared):
             fitted = type(self)(**self.get_params())
             fitted.f_ = _select_model(f, k, self, in_features, hidden)
             fitted.g_ = _select_model(g, k, self, in_features, hidden)
-            fitted.center_ = centers[k]
-            fitted.scale_ = scales[k]
+            fitted.center_ = prep.center
+            fitted.scale_ = prep.scale
             fitted.in_features_ = in_features
             fitted.seed_ = seed
             fitted.n_params_ = f.n_params
@@ -397,17 +436,97 @@ class TransportMap:
             fitted.converged_ = bool(result.converged[k])
             fitted.interrupted_ = bool(result.interrupted)
             fitted.nonfinite_recoveries_ = int(result.nonfinite_recoveries)
-            fitted.w2_squared_ = float(w2[k]) * scales[k] ** 2
+            fitted.w2_squared_ = float(w2[k]) * prep.scale**2
             fitted.history_ = {
                 name: values[:, k] if values.ndim == 2 else values
                 for name, values in result.history.items()
             }
             fitted.device_ = str(device)
+            fitted.frame_ = prep.frame
+            fitted.shrinkage_ = prep.shrinkage
+            fitted.group_means_ = prep.means
+            fitted.linear_ = prep.linear_all
+            fitted.selection_ = dict(prep.record)
+            fitted.residual_weight_ = self._choose_residual(fitted, prep, rng)
             maps.append(fitted)
         return maps
 
-    def _warm_start(self, f, g, source: StackedSamples, target: StackedSamples, generator) -> None:
-        # full_quadratic potentials start exactly at the Gaussian map: no gradient matching,
+    def _prepare(self, pair: _Pair, rng: np.random.Generator) -> _Prepared:
+        """Frame, shrinkage, standardisation, selection split and linear part of one map."""
+        source, target, source_labels, target_labels = pair
+        groups = (paired_groups(source_labels, target_labels)
+                  if source_labels is not None else [])
+        if source_labels is not None:
+            # Cells of groups without both sides have no counterpart to be mapped to.
+            keep_s, keep_t = np.isin(source_labels, groups), np.isin(target_labels, groups)
+            source, target = source[keep_s], target[keep_t]
+            source_labels, target_labels = source_labels[keep_s], target_labels[keep_t]
+        grouped = len(groups) >= 2
+        held_s, held_t = _selection_masks(source_labels, target_labels, groups, grouped,
+                                          self.validation_fraction, len(source), len(target), rng)
+        if self.frame == "auto":
+            frames = FRAMES if grouped else ("global",)
+        else:
+            frames = (self.frame,)
+        shrinkages = SHRINKAGE_GRID if self.shrinkage == "auto" else (float(self.shrinkage),)
+        frame, shrinkage, record = choose_linear(
+            source, target, frames=frames, shrinkages=shrinkages, source_labels=source_labels,
+            target_labels=target_labels, held_source=held_s, held_target=held_t, rng=rng,
+        )
+        means: dict[str, np.ndarray] = {}
+        if frame == "group":
+            means = group_means(source, source_labels)
+            source = centre_on_groups(source, source_labels, means)
+            target = centre_on_groups(target, target_labels, means)
+        center, scale = _common_standardisation(source, target)
+        source = ((source - center) / scale).astype(np.float32)
+        target = ((target - center) / scale).astype(np.float32)
+        train_s, train_t = source[~held_s], target[~held_t]
+        linear_source = train_s if len(train_s) >= 2 else source
+        linear_target = train_t if len(train_t) >= 2 else target
+        return _Prepared(
+            frame=frame, shrinkage=shrinkage, means=means, center=center, scale=scale,
+            train_source=train_s, train_target=train_t,
+            held_source=source[held_s], held_target=target[held_t],
+            held_labels=(None, None) if source_labels is None
+            else (source_labels[held_s], target_labels[held_t]),
+            linear_train=fit_linear(linear_source, linear_target, shrinkage),
+            linear_all=fit_linear(source, target, shrinkage),
+            record={"frame": frame, "shrinkage": shrinkage, "groups_held_out": int(grouped),
+                    **record},
+        )
+
+    def _choose_residual(self, fitted: TransportMap, prep: _Prepared,
+                         rng: np.random.Generator) -> float:
+        """``λ`` of the network (a fixed ``residual``, or chosen on the held-out cells)."""
+        if self.residual != "auto":
+            return float(self.residual)
+        held_source, held_target = prep.scoring_pair()
+        if self.validation_fraction == 0 or min(len(held_source), len(held_target)) < 2:
+            return 1.0  # nothing held out to compare on: the trained map, as before
+        labels = (prep.held_labels if prep.record["groups_held_out"]
+                  and held_source is prep.held_source else (None, None))
+        rows = [_at_most(len(held_source), rng), _at_most(len(held_target), rng)]
+        held_source, held_target = held_source[rows[0]], held_target[rows[1]]
+        labels = tuple(None if v is None else v[r] for v, r in zip(labels, rows, strict=True))
+        # Both maps scored in standardised units; the linear one fitted without these cells.
+        linear = prep.linear_train.transport(held_source.astype(np.float64))
+        network = potential_gradient(
+            fitted.f_, torch.as_tensor(held_source, device=next(fitted.f_.parameters()).device)
+        ).detach().cpu().numpy().astype(np.float64)
+        if prep.record["groups_held_out"] and (
+                labels[0] is None or len(paired_groups(*labels)) < MIN_HELD_OUT_GROUPS):
+            fitted.selection_["residual_note"] = (
+                f"fewer than {MIN_HELD_OUT_GROUPS} held-out groups: the linear map is kept")
+            return 0.0
+        weight, record = choose_residual(linear, network, held_target.astype(np.float64), rng,
+                                         *labels)
+        fitted.selection_.update(record)
+        return weight
+
+    def _warm_start(self, f, g, source: StackedSamples, target: StackedSamples, generator,
+                    linears: list[GaussianTransportMap]) -> None:
+        # full_quadratic potentials start exactly at the linear part: no gradient matching,
         # so warm_start_iters does not apply to them.
         exact = self.warm_start == "gaussian" and f.full_quadratic and g.full_quadratic
         if self.warm_start is None or (self.warm_start_iters == 0 and not exact):
@@ -416,16 +535,12 @@ class TransportMap:
         if self.warm_start == "identity":
             forward = backward = lambda points: points
         else:
-            # A ridge keeps the warm start defined with fewer cells than features or
-            # constant features (gene space, small strata).
-            gaussians = [GaussianTransportMap(regularization=GAUSSIAN_RIDGE).fit(src, tgt)
-                         for src, tgt in zip(source.arrays, target.arrays, strict=True)]
             m0, m1, a, a_inv = (
-                np.stack([getattr(gaussian, name) for gaussian in gaussians])
+                np.stack([getattr(linear, name) for linear in linears])
                 for name in ("mean_source_", "mean_target_", "matrix_", "inverse_matrix_")
             )
             if exact:
-                # ∇f(x) = A x + (m1 - A m0) is the Gaussian map itself (A symmetric); float64.
+                # ∇f(x) = A x + (m1 - A m0) is the linear map itself (A symmetric); float64.
                 f.set_quadratic_part(torch.as_tensor(a),
                                      torch.as_tensor(m1 - np.einsum("kd,kde->ke", m0, a)))
                 g.set_quadratic_part(torch.as_tensor(a_inv),
@@ -454,44 +569,106 @@ class TransportMap:
                 "(or TransportMap.load(path))."
             )
 
+    def _frame_offsets(self, array: np.ndarray, groups, name: str, side: str) -> np.ndarray | None:
+        """Per-row group means to subtract in the ``"group"`` frame (None in the global frame).
+
+        Seen groups use their stored source mean; an unseen group (only for source points) is
+        centred on the mean of its own rows, which must be at least ``MIN_GROUP_POINTS``.
+        """
+        if getattr(self, "frame_", "global") != "group":
+            return None
+        labels = (np.full(len(array), "", dtype=object) if groups is None
+                  else _check_labels(groups, len(array), "groups"))
+        offsets = np.empty(array.shape, dtype=np.float64)
+        for label in np.unique(labels):
+            rows = labels == label
+            if str(label) in self.group_means_:
+                offsets[rows] = self.group_means_[str(label)]
+                continue
+            if side == "target":
+                raise ValueError(
+                    f"This map works relative to each group's source mean (frame_='group'); "
+                    f"the inverse needs groups seen at fit time, got {label!r}. Known groups: "
+                    f"{sorted(self.group_means_)[:10]}."
+                )
+            if rows.sum() < MIN_GROUP_POINTS:
+                what = "these points" if groups is None else f"group {label!r}"
+                raise ValueError(
+                    f"This map works relative to each group's mean source state (frame_='group'), "
+                    f"so {name} of a new group are moved together: {what} has only "
+                    f"{int(rows.sum())} row(s), at least {MIN_GROUP_POINTS} are needed to estimate "
+                    "its mean. Pass all source (control) cells of the group, with groups=labels."
+                )
+            offsets[rows] = array[rows].mean(axis=0, dtype=np.float64)
+        return offsets
+
     def _apply(self, which: str, data, name: str, batch_size: int | None,
-               progress: bool | None, gradient: bool) -> np.ndarray:
+               progress: bool | None, gradient: bool, groups=None) -> np.ndarray:
         self._check_fitted()
         potential: ConvexPotential = getattr(self, which)
         array = as_float_array(data, name, n_features=self.in_features_)
+        offsets = self._frame_offsets(array, groups, name, "source" if which == "f_" else "target")
+        if offsets is not None:
+            frame_points = (array - offsets).astype(np.float32)
+        else:
+            frame_points = array
+        weight = float(getattr(self, "residual_weight_", 1.0))
+        linear = getattr(self, "linear_", None)
         device = next(potential.parameters()).device
         center = torch.as_tensor(self.center_, dtype=torch.float32, device=device)
         step = INFERENCE_BATCH if batch_size is None else batch_size
         check_positive(step, "batch_size", integer=True)
         chunks = range(0, len(array), step)
         show = self.progress if progress is None else progress
-        out = np.empty(array.shape if gradient else (len(array),), dtype=np.float32)
+        out = np.empty(array.shape if gradient else (len(array),), dtype=np.float64)
         for start in tqdm(chunks, disable=not show or len(chunks) < 2, desc=name, leave=False):
-            batch = torch.as_tensor(array[start : start + step], device=device)
+            batch = torch.as_tensor(frame_points[start : start + step], device=device)
             standard = (batch - center) / self.scale_
+            values = np.zeros(out[start : start + step].shape)
+            if weight > 0:
+                if gradient:
+                    values += weight * potential_gradient(potential, standard).detach().cpu().numpy()
+                else:
+                    with torch.no_grad():
+                        values += weight * potential(standard).cpu().numpy()
+            if weight < 1 and linear is not None:
+                values += (1 - weight) * _linear_part(linear, standard.cpu().numpy().astype(np.float64),
+                                                      which, gradient)
             if gradient:
-                values = center + self.scale_ * potential_gradient(potential, standard)
-            else:
-                with torch.no_grad():
-                    values = batch @ center + self.scale_**2 * potential(standard)
-            out[start : start + step] = values.detach().cpu().numpy()
-        return out
+                values = self.center_ + self.scale_ * values
+            else:  # F(x) = cᵀx + s² f((x − c)/s) has ∇F = c + s ∇f
+                values = frame_points[start : start + step] @ self.center_ + self.scale_**2 * values
+            out[start : start + step] = values
+        if offsets is not None:
+            out = out + offsets if gradient else out + np.einsum("nd,nd->n", array, offsets)
+        return out.astype(np.float32)
 
-    def transport(self, x, *, batch_size: int | None = None, progress: bool | None = None) -> np.ndarray:
-        """Map source points to the target distribution: ``∇f(x)``.
+    def transport(self, x, *, groups=None, batch_size: int | None = None,
+                  progress: bool | None = None) -> np.ndarray:
+        """Map source points to the target distribution.
 
-        Works in chunks of ``batch_size`` rows (default 32768), so memory stays bounded for
-        any number of points.
+        ``(1 − λ) T_lin(x) + λ ∇f(x)`` with the fitted linear part ``T_lin``, network ``∇f``
+        and residual weight ``λ = residual_weight_``; in the ``"group"`` frame every group is
+        moved relative to its own source mean (``groups``: one label per row; a group not seen
+        at fit time, or ``groups=None``, is centred on the mean of its rows, so pass all of a
+        new patient's or cell line's control cells together). Works in chunks of
+        ``batch_size`` rows (default 32768), so memory stays bounded for any number of points.
         """
-        return self._apply("f_", x, "x", batch_size, progress, gradient=True)
+        return self._apply("f_", x, "x", batch_size, progress, gradient=True, groups=groups)
 
-    def inverse(self, y, *, batch_size: int | None = None, progress: bool | None = None) -> np.ndarray:
-        """Map target points back to the source distribution: ``∇g(y)``."""
-        return self._apply("g_", y, "y", batch_size, progress, gradient=True)
+    def inverse(self, y, *, groups=None, batch_size: int | None = None,
+                progress: bool | None = None) -> np.ndarray:
+        """Map target points back to the source distribution.
 
-    def potential(self, x, *, batch_size: int | None = None) -> np.ndarray:
+        ``(1 − λ) T_lin⁻¹(y) + λ ∇g(y)``: exact for ``λ`` in ``{0, 1}``, an approximation of
+        the inverse of :meth:`transport` in between. In the ``"group"`` frame ``groups`` must
+        name groups seen at fit time.
+        """
+        return self._apply("g_", y, "y", batch_size, progress, gradient=True, groups=groups)
+
+    def potential(self, x, *, groups=None, batch_size: int | None = None) -> np.ndarray:
         """Convex potential ``F`` with ``∇F = transport``, in original coordinates."""
-        return self._apply("f_", x, "x", batch_size, False, gradient=False)
+        return self._apply("f_", x, "x", batch_size, False, gradient=False, groups=groups)
 
     def w2_squared(self, source, target) -> float:
         """Semi-dual estimate of ``W2²(source, target)`` from the trained potentials."""
@@ -519,6 +696,12 @@ class TransportMap:
                 arrays[f"{prefix}/{name}"] = value.detach().cpu().numpy()
         for name, value in self.history_.items():
             arrays[f"history/{name}"] = np.asarray(value)
+        for name, value in self.linear_.to_dict().items():
+            if isinstance(value, np.ndarray):
+                arrays[f"linear/{name}"] = value
+        labels = sorted(self.group_means_)
+        if labels:
+            arrays["group_means/values"] = np.stack([self.group_means_[k] for k in labels])
         params = self.get_params()
         params["hidden"] = list(self._resolved_hidden())
         params["betas"] = list(params["betas"])
@@ -528,6 +711,9 @@ class TransportMap:
                          "converged_", "interrupted_", "nonfinite_recoveries_", "w2_squared_")
         }
         fitted["tau_"] = getattr(self.f_, "tau", None)
+        fitted.update(frame_=self.frame_, shrinkage_=float(self.shrinkage_),
+                      residual_weight_=float(self.residual_weight_), group_labels_=labels,
+                      selection_=self.selection_)
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "params": params,
                 "fitted": fitted, "arrays": arrays}
 
@@ -576,6 +762,25 @@ class TransportMap:
             tmap.interrupted_ = bool(fitted["interrupted_"])
             tmap.nonfinite_recoveries_ = int(fitted["nonfinite_recoveries_"])
             tmap.w2_squared_ = float(fitted["w2_squared_"])
+            if int(state["format_version"]) < 2:  # before the linear part: the network alone
+                fitted.update(frame_="global", shrinkage_=0.0, residual_weight_=1.0,
+                              selection_={}, group_labels_=[])
+            tmap.frame_ = str(fitted["frame_"])
+            tmap.shrinkage_ = float(fitted["shrinkage_"])
+            tmap.residual_weight_ = float(fitted["residual_weight_"])
+            tmap.selection_ = dict(fitted["selection_"])
+            linear = {name[len("linear/"):]: value for name, value in arrays.items()
+                      if name.startswith("linear/")}
+            tmap.linear_ = GaussianTransportMap.from_dict({
+                **linear, "regularization": LINEAR_RIDGE, "shrinkage": tmap.shrinkage_,
+                "covariance": "ledoit_wolf", "w2_squared": math.nan,
+            }) if linear or tmap.residual_weight_ < 1 else None
+            labels = [str(label) for label in fitted["group_labels_"]]
+            values = np.asarray(arrays.get("group_means/values", np.zeros((0, in_features))))
+            if values.shape != (len(labels), in_features):
+                raise ValueError(f"group means of shape {values.shape} for {len(labels)} groups")
+            tmap.group_means_ = {label: values[i].astype(np.float64)
+                                 for i, label in enumerate(labels)}
         except (KeyError, TypeError, RuntimeError, ValueError, AttributeError) as error:
             raise ValueError(
                 f"Cannot rebuild a TransportMap from this state: {error}. It is truncated, "
@@ -634,7 +839,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _check_pairs(sources, targets) -> list[tuple[np.ndarray, np.ndarray]]:
+def _check_pairs(sources, targets, source_groups=None, target_groups=None) -> list[_Pair]:
     converted: dict[int, np.ndarray] = {}
 
     def convert(array, name):
@@ -642,9 +847,17 @@ def _check_pairs(sources, targets) -> list[tuple[np.ndarray, np.ndarray]]:
             converted[id(array)] = as_float_array(array, name)
         return converted[id(array)]
 
+    n = len(sources)
+    source_groups = [None] * n if source_groups is None else list(source_groups)
+    target_groups = [None] * n if target_groups is None else list(target_groups)
+    if len(source_groups) != n or len(target_groups) != n:
+        raise ValueError(
+            f"source_groups and target_groups need one entry (labels or None) per pair ({n}), "
+            f"got {len(source_groups)} and {len(target_groups)}."
+        )
     pairs = []
     for k, (source, target) in enumerate(zip(sources, targets, strict=True)):
-        label = "" if len(sources) == 1 else f"[{k}]"
+        label = "" if n == 1 else f"[{k}]"
         src, tgt = convert(source, f"source{label}"), convert(target, f"target{label}")
         if src.shape[1] != tgt.shape[1]:
             raise ValueError(
@@ -654,9 +867,21 @@ def _check_pairs(sources, targets) -> list[tuple[np.ndarray, np.ndarray]]:
         for array, name in ((src, "source"), (tgt, "target")):
             if len(array) < 2:
                 raise ValueError(f"{name}{label} needs at least 2 points, got {len(array)}.")
-        if pairs and src.shape[1] != pairs[0][0].shape[1]:
+        if pairs and src.shape[1] != pairs[0].source.shape[1]:
             raise ValueError("All pairs passed to fit_many must have the same number of features.")
-        pairs.append((src, tgt))
+        labels = (_check_labels(source_groups[k], len(src), f"source_groups{label}"),
+                  _check_labels(target_groups[k], len(tgt), f"target_groups{label}"))
+        if (labels[0] is None) != (labels[1] is None):
+            raise ValueError(
+                f"Pass group labels for both sides or for neither (source_groups{label} and "
+                f"target_groups{label})."
+            )
+        if labels[0] is not None and not paired_groups(*labels):
+            raise ValueError(
+                f"No group of source_groups{label} also occurs in target_groups{label}: the map "
+                "is learned from groups with cells on both sides."
+            )
+        pairs.append(_Pair(src, tgt, *labels))
     return pairs
 
 
@@ -673,14 +898,6 @@ def _common_standardisation(source: np.ndarray, target: np.ndarray) -> tuple[np.
     return center, math.sqrt(variance)
 
 
-def _split(array: np.ndarray, fraction: float, rng: np.random.Generator):
-    n_held = round(fraction * len(array))
-    if n_held < MIN_VALIDATION_POINTS or len(array) - n_held < 2:
-        return array.astype(np.float32), array[:0].astype(np.float32)
-    order = rng.permutation(len(array))
-    return (array[order[n_held:]].astype(np.float32), array[order[:n_held]].astype(np.float32))
-
-
 def _network_kwargs(tmap: TransportMap) -> dict[str, Any]:
     return {"isotropic_quadratic": DEFAULT_QUADRATIC, **(tmap.network_kwargs or {})}
 
@@ -692,3 +909,92 @@ def _select_model(stacked: ConvexPotential, k: int, tmap: TransportMap, in_featu
     single.load_state_dict({name: value[k : k + 1].clone()
                             for name, value in stacked.state_dict().items()})
     return single.to(next(stacked.parameters()).device)
+
+
+class _Pair(NamedTuple):
+    """One map's training data: arrays, and group labels per row (or None)."""
+
+    source: np.ndarray
+    target: np.ndarray
+    source_labels: np.ndarray | None
+    target_labels: np.ndarray | None
+
+
+@dataclass
+class _Prepared:
+    """One map's data after choosing its linear part, standardising and splitting."""
+
+    frame: str
+    shrinkage: float
+    means: dict[str, np.ndarray]
+    center: np.ndarray
+    scale: float
+    train_source: np.ndarray
+    train_target: np.ndarray
+    held_source: np.ndarray
+    held_target: np.ndarray
+    held_labels: tuple[np.ndarray | None, np.ndarray | None]
+    linear_train: GaussianTransportMap
+    linear_all: GaussianTransportMap
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def scoring_pair(self) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out cells, or the training cells when too few were held out."""
+        if min(len(self.held_source), len(self.held_target)) >= MIN_VALIDATION_POINTS:
+            return self.held_source, self.held_target
+        return self.train_source, self.train_target
+
+
+def _selection_masks(source_labels, target_labels, groups: list[str], grouped: bool,
+                     fraction: float, n_source: int, n_target: int, rng: np.random.Generator):
+    """Rows held out for selection: whole groups when there are several, else random rows."""
+    if fraction == 0:
+        return np.zeros(n_source, bool), np.zeros(n_target, bool)
+    if grouped:
+        # Two held-out groups where four or more exist: a network is only kept when it helps
+        # each of them (one group cannot show that a map generalises across groups).
+        least, most = (2, len(groups) - 2) if len(groups) >= 4 else (1, len(groups) - 1)
+        n_held = min(max(round(fraction * len(groups)), least), most)
+        held = rng.choice(groups, n_held, replace=False)
+        return np.isin(source_labels, held), np.isin(target_labels, held)
+    masks = []
+    for n in (n_source, n_target):
+        n_held = round(fraction * n)
+        mask = np.zeros(n, bool)
+        if n_held >= MIN_VALIDATION_POINTS and n - n_held >= 2:
+            mask[rng.permutation(n)[:n_held]] = True
+        masks.append(mask)
+    return masks[0], masks[1]
+
+
+def _check_labels(labels, n_rows: int, name: str) -> np.ndarray | None:
+    if labels is None:
+        return None
+    array = np.asarray(labels)
+    if array.ndim != 1 or len(array) != n_rows:
+        raise ValueError(
+            f"{name} must hold one group label per row ({n_rows}), got shape {array.shape}."
+        )
+    if (array.dtype.kind == "f" and np.isnan(array).any()) or any(v is None for v in array.tolist()):
+        raise ValueError(f"{name} holds missing labels; give every row a group.")
+    return array.astype(str)
+
+
+def _linear_part(linear: GaussianTransportMap, standard: np.ndarray, which: str,
+                 gradient: bool) -> np.ndarray:
+    """The linear map (``which='f_'``) or its inverse, or its potential, in standardised units."""
+    if which == "f_":
+        m0, m1, matrix = linear.mean_source_, linear.mean_target_, linear.matrix_
+    else:
+        m0, m1, matrix = linear.mean_target_, linear.mean_source_, linear.inverse_matrix_
+    if gradient:
+        return m1 + (standard - m0) @ matrix
+    centred = standard - m0
+    return 0.5 * np.einsum("nd,de,ne->n", centred, matrix, centred) + standard @ m1
+
+
+def _at_most(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted row indices: all ``n`` rows, or ``MAX_SCORED_CELLS`` drawn at random."""
+    if n <= MAX_SCORED_CELLS:
+        return np.arange(n)
+    return np.sort(rng.choice(n, MAX_SCORED_CELLS, replace=False))

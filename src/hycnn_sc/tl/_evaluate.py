@@ -13,7 +13,8 @@ from ..models._utils import resolve_device
 from ..models.gaussian import GaussianTransportMap
 from ..models.transport import GAUSSIAN_RIDGE
 from . import _inputs as inputs
-from ._predict import gene_space
+from ._holdout import evaluate_holdout
+from ._predict import gene_space, query_groups
 from ._schema import decode_map, find_maps, read_fitted
 
 #: Methods reported beside the model, in table order.
@@ -44,6 +45,7 @@ def evaluate(
     max_cells: int = 2000,
     seed: int = 0,
     device: str = "auto",
+    holdout: str | None = None,
 ) -> pd.DataFrame:
     """Compare predicted with observed held-out perturbed cells, beside simple baselines.
 
@@ -84,6 +86,20 @@ def evaluate(
         Seed of that subsample.
     device
         Where to run the maps.
+    holdout
+        ``obs`` column (e.g. ``"patient_id"``, ``"cell_line"``): leave-one-group-out
+        evaluation instead. For every group, the maps are refitted with the stored settings
+        (``groups``, model arguments, seed) on all other groups, and the group's perturbed
+        cells are predicted from its own control cells, beside ``identity``, ``mean_shift``
+        and ``gaussian_ot`` fitted on the same cells, and an ``observed`` floor (two random
+        halves of the group's perturbed cells). The representation is the stored one (a PCA
+        computed on all cells saw the held-out group's cells; fit the PCA without them for
+        a strict protocol, as ``benchmarks/generalisation.py`` does). Needs no held-out cells
+        (``validation_fraction`` may be 0); ``split_by`` maps are not supported. Returns one
+        row per group, target and method, with the model rows' chosen ``frame``,
+        ``shrinkage`` and ``residual_weight``; stored as
+        ``adata.uns[key]['evaluation_holdout']``. ``by`` and ``gene_space_metrics`` do not
+        apply.
 
     Maps with fewer than 2 held-out cells on a side (small strata) are left out with a
     warning; a ``ValueError`` is raised when no map can be evaluated.
@@ -103,7 +119,7 @@ def evaluate(
     >>> sc.pp.log1p(adata)
     >>> sc.pp.pca(adata, n_comps=20)
     >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
-    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
+    ...                     validation_fraction=0.2, n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> table = hs.tl.evaluate(adata)
     >>> sorted(table["method"].unique())
     ['gaussian_ot', 'hycnn', 'identity', 'mean_shift', 'observed']
@@ -119,6 +135,13 @@ def evaluate(
     resolve_device(device)
     if isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer)) or max_cells < 2:
         raise ValueError(f"max_cells must be an int >= 2, got {max_cells!r}.")
+    if holdout is not None:
+        if not isinstance(holdout, str):
+            raise TypeError(f"holdout must be the name of an obs column (a str), got {holdout!r}.")
+        targets = sorted({str(entry["target"]) for entry in maps.values()})
+        table = evaluate_holdout(adata, stored, holdout, targets, _score, max_cells, seed, device)
+        adata.uns[key]["evaluation_holdout"] = table
+        return table
     for column in (groupby, split_column, split_by):
         if column and column not in adata.obs:
             raise KeyError(
@@ -158,8 +181,9 @@ def evaluate(
         )
         shift = read[("target", "train")].mean(0) - read[("source", "train")].mean(0)
         control = read[("source", "held")]
+        units = query_groups(adata, params, rows[("source", "held")])
         predictions = {
-            model_name: tmap.transport(control),
+            model_name: tmap.transport(control, groups=units),
             "identity": control,
             "mean_shift": control + shift,
             "gaussian_ot": gaussian.transport(control).astype(np.float32),
@@ -210,7 +234,9 @@ def evaluate(
         )
         if len(too_few) == len(maps):
             raise ValueError(
-                f"Nothing to evaluate: {message}. Refit with validation_fraction > 0 (or larger)."
+                f"Nothing to evaluate: {message}. fit_transport uses every cell by default; refit "
+                "with validation_fraction=0.2 to hold cells out for evaluate, or evaluate "
+                "generalisation to new groups with evaluate(adata, holdout='patient_id')."
             )
         warnings.warn(
             f"Not evaluated: {message}. Refit with a larger validation_fraction to include them.",

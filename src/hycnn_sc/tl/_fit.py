@@ -106,6 +106,38 @@ def _pca_projection(adata: AnnData, use_rep: str | None) -> dict[str, np.ndarray
     return {"pca_components": components, "pca_mean": mean}
 
 
+def _check_groups(adata: AnnData, groups: str | None, groupby: str,
+                  split_by: str | None) -> np.ndarray | None:
+    """The ``groups`` labels of every cell (or None), after checking the column makes sense."""
+    if groups is None:
+        return None
+    if groups in (groupby, split_by):
+        which = "groupby" if groups == groupby else "split_by"
+        raise ValueError(
+            f"groups={groups!r} equals {which}: groups names the units a prediction should "
+            "generalise to (patients, samples, cell lines), which must contain cells of the "
+            "source and the target. Pass another obs column, e.g. groups='patient_id'."
+        )
+    return inputs.group_labels(adata, groups, "groups").to_numpy()
+
+
+def _check_enough_units(unit_labels: np.ndarray, cell_groups: dict[tuple[str, str], np.ndarray],
+                        held_out: dict[tuple[str, str], np.ndarray],
+                        pairs: list[tuple[str, str]], source: str, groups: str) -> None:
+    """Every map needs two groups with training cells of both the source and its target."""
+    for label, stratum in pairs:
+        units = [set(unit_labels[cell_groups[key][~held_out[key]]])
+                 for key in ((source, stratum), (label, stratum))]
+        shared = sorted(units[0] & units[1])
+        if len(shared) < 2:
+            where = f" in stratum {stratum!r}" if stratum else ""
+            raise ValueError(
+                f"groups={groups!r}: target {label!r}{where} has source and target cells in "
+                f"{len(shared)} group(s) of obs[{groups!r}] ({shared}); at least 2 are needed to "
+                "choose a map that generalises to new groups. Use another column, or groups=None."
+            )
+
+
 def obsm_key(key_added: str, target: str) -> str:
     """The ``obsm`` key of one target's predictions (``/`` is not allowed in h5ad keys)."""
     return f"{key_added}_{target}".replace("/", "_")
@@ -120,8 +152,9 @@ def fit_transport(
     use_rep: str | None = "X_pca",
     layer: str | None = None,
     split_by: str | None = None,
+    groups: str | None = None,
     model: str = "hycnn",
-    validation_fraction: float = 0.2,
+    validation_fraction: float = 0.0,
     seed: int | None = 0,
     key_added: str = "hycnn",
     copy: bool = False,
@@ -131,9 +164,12 @@ def fit_transport(
 
     One :class:`~hycnn_sc.models.TransportMap` is fitted per target label (and per stratum of
     ``split_by``); all maps of one call train together as a single batched computation.
-    A random ``validation_fraction`` of every group's cells is held out of training and
-    marked in ``obs``, so that :func:`~hycnn_sc.tl.evaluate` can score the maps on cells
-    they never saw.
+    Each map is a linear part (the Gaussian OT map shrunk towards the mean shift) plus a
+    HyCNN residual, and both are chosen on cells held out inside the fit: with little data
+    or a linear response the map is (close to) the linear map, with a nonlinear response it
+    departs from it (see :class:`~hycnn_sc.models.TransportMap`). All cells are used by
+    default; pass ``validation_fraction`` to hold cells out for :func:`~hycnn_sc.tl.evaluate`,
+    or use ``evaluate(..., holdout=...)`` to measure generalisation to new patients.
 
     Every input is checked before anything is trained, and ``adata`` is only written once
     all maps are fitted: a call that raises leaves ``adata`` exactly as it was.
@@ -168,11 +204,19 @@ def fit_transport(
         ``obs`` column (e.g. ``"cell_type"``): fit separate maps per stratum, mapping cells
         only within their stratum. Strata lacking cells of the source or a target are skipped
         with a warning.
+    groups
+        ``obs`` column of the units a prediction should generalise to (patient, sample, cell
+        line, donor, cell type). Every map then chooses its linear part by leave-one-group-out
+        and its network on held-out whole groups, may work relative to each group's own
+        control cells (``frame_="group"``: a new patient is predicted from its own control
+        cells), and uses only groups that have both source and target cells. Needs at least
+        two such groups per map. ``None``: cells are held out at random.
     model
         ``"hycnn"`` or ``"icnn"``.
     validation_fraction
-        Fraction of every group's cells held out of training (for :func:`evaluate`); ``0``
-        trains on all cells.
+        Fraction of every (label, stratum) group's cells held out of training and marked in
+        ``obs`` for :func:`evaluate`. ``0`` (default): the maps use every cell (their own
+        selection split is ``selection_fraction`` of the training cells).
     seed
         Seed of the held-out split and of training; the same seed gives bit-identical maps
         and predictions on CPU. ``None`` draws a seed, which is stored in
@@ -255,6 +299,7 @@ def fit_transport(
             "another obs column (e.g. 'cell_type') or split_by=None."
         )
     strata = inputs.group_labels(adata, split_by, "split_by") if split_by is not None else None
+    unit_labels = _check_groups(adata, groups, groupby, split_by)
     inputs.check_fraction(
         validation_fraction, "validation_fraction",
         " It is the share of every group held out of training for evaluate; 0 trains on all cells.",
@@ -274,7 +319,7 @@ def fit_transport(
     # Which cells form each (label, stratum) group, and which pairs get a map.
     label_values = labels.to_numpy()
     stratum_values = strata.to_numpy() if strata is not None else np.full(adata.n_obs, "")
-    groups: dict[tuple[str, str], np.ndarray] = {}
+    cell_groups: dict[tuple[str, str], np.ndarray] = {}
     pairs: list[tuple[str, str]] = []
     skipped: list[str] = []
     for stratum in pd.unique(stratum_values):
@@ -285,17 +330,19 @@ def fit_transport(
             if len(target_rows) == 0 or len(source_rows) == 0:
                 skipped.append(f"{label!r} in {split_by}={stratum!r}")
                 continue
-            groups[(source, stratum)] = source_rows
-            groups[(label, stratum)] = target_rows
+            cell_groups[(source, stratum)] = source_rows
+            cell_groups[(label, stratum)] = target_rows
             pairs.append((label, stratum))
     if not pairs:
         raise ValueError(
             f"No stratum of obs[{split_by!r}] holds both source and target cells; nothing to fit."
         )
-    inputs.check_group_sizes({key: len(rows) for key, rows in groups.items()}, groupby, split_by)
+    inputs.check_group_sizes({key: len(rows) for key, rows in cell_groups.items()}, groupby, split_by)
 
-    held_out = inputs.split_cells(groups, validation_fraction, seed)
-    involved = np.unique(np.concatenate(list(groups.values())))
+    held_out = inputs.split_cells(cell_groups, validation_fraction, seed)
+    if unit_labels is not None:
+        _check_enough_units(unit_labels, cell_groups, held_out, pairs, source, groups)
+    involved = np.unique(np.concatenate(list(cell_groups.values())))
     position = np.full(adata.n_obs, -1)
     position[involved] = np.arange(len(involved))
     values = inputs.read_rows(adata, involved, use_rep, layer, what="the fitted groups")
@@ -304,7 +351,7 @@ def fit_transport(
     inputs.check_not_constant(values, name)
 
     train_arrays: dict[tuple[str, str], np.ndarray] = {
-        key: values[position[rows[~held_out[key]]]] for key, rows in groups.items()
+        key: values[position[rows[~held_out[key]]]] for key, rows in cell_groups.items()
     }
     projection = _pca_projection(adata, use_rep)
     if skipped:
@@ -316,24 +363,34 @@ def fit_transport(
         )
     sources = [train_arrays[(source, stratum)] for _, stratum in pairs]
     targets_train = [train_arrays[(label, stratum)] for label, stratum in pairs]
-    maps = TransportMap.fit_many(sources, targets_train, **params)
+    unit_kwargs = {}
+    if unit_labels is not None:
+        train_units = {key: unit_labels[rows[~held_out[key]]] for key, rows in cell_groups.items()}
+        unit_kwargs = {
+            "source_groups": [train_units[(source, stratum)] for _, stratum in pairs],
+            "target_groups": [train_units[(label, stratum)] for label, stratum in pairs],
+        }
+    maps = TransportMap.fit_many(sources, targets_train, **unit_kwargs, **params)
 
     # Everything is computed; only now is the AnnData touched (all or nothing).
     predictions: dict[str, np.ndarray] = {}
     entries: dict[str, Any] = {}
     for (label, stratum), tmap in zip(pairs, maps, strict=True):
-        source_rows = groups[(source, stratum)]
+        source_rows = cell_groups[(source, stratum)]
         block = predictions.setdefault(
             label, np.full((adata.n_obs, values.shape[1]), np.nan, dtype=np.float32)
         )
-        block[source_rows] = tmap.transport(values[position[source_rows]])
+        block[source_rows] = tmap.transport(
+            values[position[source_rows]],
+            groups=None if unit_labels is None else unit_labels[source_rows],
+        )
         entries[map_id(label, stratum or None)] = encode_map(tmap, label, stratum or None)
 
     split = np.full(adata.n_obs, None, dtype=object)
-    for key, rows in groups.items():
+    for key, rows in cell_groups.items():
         split[rows] = np.where(held_out[key], "held_out", "train")
     fitted_strata = list(dict.fromkeys(stratum for _, stratum in pairs))
-    source_values = values[position[np.concatenate([groups[(source, s)] for s in fitted_strata])]]
+    source_values = values[position[np.concatenate([cell_groups[(source, s)] for s in fitted_strata])]]
     fitted_targets = list(predictions)
     stored = {
         "params": {
@@ -343,6 +400,7 @@ def fit_transport(
             "use_rep": use_rep if use_rep is not None else "",
             "layer": layer if layer is not None else "",
             "split_by": split_by if split_by is not None else "",
+            "groups": groups if groups is not None else "",
             "model": model,
             "validation_fraction": float(validation_fraction),
             "seed": seed,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,29 @@ def check_compatible(query: AnnData, stored: dict[str, Any], values: np.ndarray)
         )
 
 
+def query_groups(query: AnnData, params: dict[str, Any], rows: np.ndarray) -> np.ndarray | None:
+    """``obs[groups]`` of the cells to map, for maps fitted with ``groups`` (else None).
+
+    Maps that work relative to each group (``frame_="group"``) move the cells of a group seen
+    at fit time relative to its stored control mean, and a new group relative to the mean of
+    its selected cells. Without the column, all selected cells count as one new group.
+    """
+    column = str(params.get("groups", "")) or None
+    if column is None:
+        return None
+    if column not in query.obs:
+        warnings.warn(
+            f"The maps were fitted with groups={column!r} but the cells to predict from have no "
+            f"obs[{column!r}]: all {len(rows)} selected cells are treated as one new group "
+            f"(predicted relative to their own mean). Add the column if they come from several "
+            "groups.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return np.full(len(rows), "__new_group__", dtype=object)
+    return inputs.group_labels(query, column, "groups").to_numpy()[rows]
+
+
 def gene_space(stored: dict[str, Any], values: np.ndarray) -> np.ndarray | None:
     """Back-project representation values to genes through a stored scanpy PCA (or None)."""
     representation = stored["representation"]
@@ -185,6 +209,11 @@ def predict(
     ``obs[groupby]`` the target label, ``obs[split_by]`` the stratum, and
     ``uns['hycnn_prediction']`` the ``key``, ``target`` and ``use_rep``. Neither ``adata``
     nor ``query`` is modified.
+
+    Maps fitted with ``groups`` (e.g. ``"patient_id"``) read each cell's group from
+    ``query.obs[groups]``: a map that works relative to each group (``frame_="group"``)
+    predicts a new patient from the mean of that patient's selected control cells, so pass
+    all of them together (at least 10 per new group).
 
     Raises
     ------
@@ -252,10 +281,14 @@ def predict(
             )
         assignments = {by_stratum[s]: np.flatnonzero(strata == s) for s in np.unique(strata)}
 
+    units = query_groups(query, params, rows)
     predicted = np.empty_like(values)
     for mid, positions in assignments.items():
         tmap = decode_map(maps[mid], device=device, name=mid)
-        predicted[positions] = tmap.transport(values[positions], batch_size=batch_size)
+        predicted[positions] = tmap.transport(
+            values[positions], batch_size=batch_size,
+            groups=None if units is None else units[positions],
+        )
 
     obs = pd.DataFrame(
         {"source_cell": np.asarray(query.obs_names[rows]), groupby: str(target)},

@@ -20,6 +20,8 @@
                 "state_json": str,       # TransportMap metadata (format, params, fitted scalars)
                 "f": {name: ndarray}, "g": {name: ndarray},   # potentials' weights
                 "center": ndarray, "history": {name: ndarray},
+                "linear": {name: ndarray},     # the linear part (means, matrices)
+                "group_means": {"values": ndarray},  # "group"-frame maps only
             },
         },
         "evaluation": DataFrame,         # written by hycnn_sc.tl.evaluate
@@ -41,7 +43,9 @@ import numpy as np
 from ..models.transport import TransportMap
 
 SCHEMA_VERSION = 1
-_POTENTIALS = ("f", "g", "history")
+#: Array groups of a stored map: the potentials' weights, the training history, the linear
+#: part (``linear``) and the group means of ``"group"``-frame maps (``group_means``).
+_ARRAY_GROUPS = ("f", "g", "history", "linear", "group_means")
 
 
 def map_id(target: str, stratum: str | None) -> str:
@@ -60,7 +64,7 @@ def encode_map(tmap: TransportMap, target: str, stratum: str | None) -> dict[str
         "state_json": json.dumps(state, default=_json_default),
         "center": arrays.pop("center"),
     }
-    for group in _POTENTIALS:
+    for group in _ARRAY_GROUPS:
         entry[group] = {
             name[len(group) + 1 :]: value for name, value in arrays.items() if name.startswith(group + "/")
         }
@@ -84,7 +88,9 @@ def decode_map(entry: Any, *, device: str = "auto", name: str = "") -> Transport
     try:
         state = json.loads(str(entry["state_json"]))
         arrays = {"center": np.asarray(entry["center"])}
-        for group in _POTENTIALS:
+        for group in _ARRAY_GROUPS:
+            if group not in entry and group in ("linear", "group_means"):
+                continue  # maps stored before these existed
             for key, value in dict(entry[group]).items():
                 arrays[f"{group}/{key}"] = np.asarray(value)
     except (KeyError, TypeError, ValueError, AttributeError) as error:

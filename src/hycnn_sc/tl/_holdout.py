@@ -1,0 +1,145 @@
+"""Leave-one-group-out evaluation: refit per held-out patient (cell line, sample ...) and score.
+
+Used by :func:`hycnn_sc.tl.evaluate` with ``holdout=``; kept apart because it refits maps
+with the stored settings instead of scoring the stored maps.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from ..models.gaussian import GaussianTransportMap
+from ..models.transport import GAUSSIAN_RIDGE, TransportMap
+from . import _inputs as inputs
+
+#: Fewest cells of a held-out group per side for that fold to be scored.
+MIN_FOLD_CELLS = 4
+
+
+def _subsample(rows: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
+    return rows if len(rows) <= n_max else np.sort(rng.choice(rows, n_max, replace=False))
+
+
+def fold_plan(adata: AnnData, params: dict[str, Any], holdout: str,
+              targets: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Labels, held-out-group labels and the folds (groups) to score; checks before any fit."""
+    groupby, source = str(params["groupby"]), str(params["source"])
+    if str(params.get("split_by", "")):
+        raise ValueError(
+            "evaluate(holdout=...) refits maps without split_by strata; refit with "
+            "split_by=None (use groups= for patients or cell lines) to evaluate by holdout."
+        )
+    if holdout == groupby:
+        raise ValueError(
+            f"holdout={holdout!r} equals groupby: hold out units that contain both control and "
+            "perturbed cells, e.g. holdout='patient_id'."
+        )
+    labels = inputs.group_labels(adata, groupby, "groupby").to_numpy()
+    units = inputs.group_labels(adata, holdout, "holdout").to_numpy()
+    without_source = sorted(set(units) - set(units[labels == source]))
+    if without_source:
+        raise ValueError(
+            f"holdout={holdout!r}: group(s) {without_source[:10]} have no {source!r} (source) "
+            "cells, so their response cannot be predicted from their own controls. Leave them "
+            f"out first: adata = adata[~adata.obs[{holdout!r}].isin({without_source[:10]})].copy()."
+        )
+    folds = sorted(set(units))
+    if len(folds) < 2:
+        raise ValueError(
+            f"holdout={holdout!r} has {len(folds)} group; leave-one-group-out needs at least 2."
+        )
+    scored = [u for u in folds if any(((units == u) & (labels == t)).sum() >= MIN_FOLD_CELLS
+                                      for t in targets)]
+    if not scored:
+        raise ValueError(
+            f"No group of obs[{holdout!r}] has {MIN_FOLD_CELLS} or more cells of a fitted target; "
+            "nothing to evaluate."
+        )
+    return labels, units, scored
+
+
+def evaluate_holdout(adata: AnnData, stored: dict[str, Any], holdout: str,
+                     targets: list[str], score, max_cells: int, seed: int,
+                     device: str) -> pd.DataFrame:
+    """One row per (held-out group, target, method): the model refitted without that group.
+
+    ``score(predicted, observed, control)`` returns the metrics of one method.
+    """
+    params = stored["params"]
+    labels, units, folds = fold_plan(adata, params, holdout, targets)
+    source = str(params["source"])
+    use_rep, layer = str(params["use_rep"]) or None, str(params["layer"]) or None
+    fit_units_column = str(params.get("groups", "")) or None
+    fit_units = (inputs.group_labels(adata, fit_units_column, "groups").to_numpy()
+                 if fit_units_column else None)
+    model_params = json.loads(str(params["model_params_json"]))
+    model_params.update(device=device, progress=False)
+    for name in ("hidden", "betas"):
+        model_params[name] = tuple(model_params[name]) if model_params.get(name) else None
+    if model_params["betas"] is None:
+        model_params.pop("betas")
+    model_name = str(params["model"])
+    rng = np.random.default_rng(seed)
+    records = []
+    for fold in folds:
+        in_fold = units == fold
+        train_source = np.flatnonzero(~in_fold & (labels == source))
+        held_source = np.flatnonzero(in_fold & (labels == source))
+        pairs = []
+        for target in targets:
+            train_target = np.flatnonzero(~in_fold & (labels == target))
+            held_target = np.flatnonzero(in_fold & (labels == target))
+            if len(held_target) >= MIN_FOLD_CELLS and len(train_target) >= MIN_FOLD_CELLS:
+                pairs.append((target, train_target, held_target))
+        if not pairs or len(train_source) < MIN_FOLD_CELLS:
+            continue
+        read = lambda rows: inputs.read_rows(adata, rows, use_rep, layer)  # noqa: E731
+        source_train, control = read(train_source), read(held_source)
+        kwargs = {}
+        if fit_units is not None:
+            kwargs = {"source_groups": [fit_units[train_source]] * len(pairs),
+                      "target_groups": [fit_units[rows] for _, rows, _ in pairs]}
+        maps = TransportMap.fit_many([source_train] * len(pairs),
+                                     [read(rows) for _, rows, _ in pairs], **kwargs, **model_params)
+        for (target, train_target, held_target), tmap in zip(pairs, maps, strict=True):
+            target_train, observed = read(train_target), read(held_target)
+            groups = None if fit_units is None else fit_units[held_source]
+            gaussian = GaussianTransportMap(regularization=GAUSSIAN_RIDGE).fit(source_train,
+                                                                               target_train)
+            predictions = {
+                model_name: tmap.transport(control, groups=groups),
+                "identity": control,
+                "mean_shift": control + target_train.mean(0) - source_train.mean(0),
+                "gaussian_ot": gaussian.transport(control).astype(np.float32),
+            }
+            pick_source = _subsample(np.arange(len(control)), max_cells, rng)
+            pick_target = _subsample(np.arange(len(observed)), max_cells, rng)
+            halves = rng.permutation(len(observed))
+            base = {"holdout": fold, "target": target, "n_observed": len(pick_target)}
+            choice = {"frame": tmap.frame_, "shrinkage": tmap.shrinkage_,
+                      "residual_weight": tmap.residual_weight_}
+            for method, values in predictions.items():
+                records.append({**base, "method": method, "n_predicted": len(pick_source),
+                                **score(values[pick_source], observed[pick_target],
+                                        control[pick_source]),
+                                **(choice if method == model_name else {})})
+            first, second = halves[: len(halves) // 2], halves[len(halves) // 2 :]
+            records.append({**base, "method": "observed", "n_predicted": len(first),
+                            "n_observed": len(second),
+                            **score(observed[first], observed[second], control[pick_source])})
+    columns = ["holdout", "target", "method", "n_predicted", "n_observed", "mmd",
+               "energy_distance", "r2_mean", "signature_l2", "frame", "shrinkage",
+               "residual_weight"]
+    table = pd.DataFrame.from_records(records).reindex(columns=columns)
+    table["frame"] = table["frame"].fillna("").astype(str)  # h5ad-writable: no NaN in strings
+    order = {name: i for i, name in enumerate([model_name, "identity", "mean_shift",
+                                               "gaussian_ot", "observed"])}
+    return table.sort_values(
+        ["holdout", "target", "method"],
+        key=lambda column: column.map(order) if column.name == "method" else column,
+    ).reset_index(drop=True)
