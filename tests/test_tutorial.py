@@ -109,3 +109,54 @@ def test_tutorial_runs(tmp_path, monkeypatch):
         if cell.cell_type == "code" and cell.source.strip().endswith("pooled")
         for output in cell.outputs
     )
+
+
+GLIOBLASTOMA = ROOT / "tutorials" / "glioblastoma_panobinostat.ipynb"
+
+# Appended to the executed copy of the drug tutorial: reports its results as JSON.
+GLIOBLASTOMA_CHECK = """
+import json as _json
+print("TUTORIAL_CHECK " + _json.dumps({
+    "n_iters": N_ITERS,
+    "n_predicted": int(predicted.n_obs),
+    "scores_index": list(scores.index),
+    "holdouts": sorted(folds["holdout"].unique()),
+    "methods": sorted(folds["method"].unique()),
+    "finite": bool(np.isfinite(per_fold.to_numpy()).all()),
+}))
+"""
+
+
+def test_glioblastoma_tutorial_runs(tmp_path, monkeypatch):
+    """The drug tutorial (new-patient prediction, leave-one-patient-out) runs end to end."""
+    nb = nbformat.read(GLIOBLASTOMA, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(GLIOBLASTOMA_CHECK))
+    python_path = os.environ.get("PYTHONPATH", "")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(p for p in (str(ROOT / "src"), python_path) if p)
+    )
+    monkeypatch.setenv("HYCNN_TUTORIAL_ITERS", str(TEST_ITERS))
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+
+    text = "".join(
+        output.get("text", "") for output in nb.cells[-1].outputs if output.output_type == "stream"
+    )
+    line = next(row for row in text.splitlines() if row.startswith("TUTORIAL_CHECK "))
+    report = json.loads(line[len("TUTORIAL_CHECK ") :])
+    assert report["n_iters"] == TEST_ITERS
+    assert report["n_predicted"] == 500  # the new patient's control cells
+    assert report["scores_index"] == ["hycnn", "identity", "mean_shift", "gaussian_ot", "observed"]
+    assert report["holdouts"] == ["PW030", "PW032", "PW034", "PW036", "PW040"]
+    assert report["methods"] == ["gaussian_ot", "hycnn", "identity", "mean_shift", "observed"]
+    assert report["finite"]
+    # Every figure cell drew something.
+    assert sum(
+        "image/png" in output.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    ) >= 4

@@ -27,7 +27,7 @@ from ._selection import (
     centre_on_groups,
     choose_linear,
     choose_residual,
-    fit_linear,
+    fit_linear_in_frame,
     group_means,
     paired_groups,
 )
@@ -185,7 +185,7 @@ class TransportMap:
         warm_start_iters: int = 200,
         shrinkage: float | Literal["auto"] = "auto",
         residual: float | Literal["auto"] = "auto",
-        frame: Literal["auto", "global", "group"] = "auto",
+        frame: Literal["auto", "global", "group", "within"] = "auto",
         validation_fraction: float = 0.1,
         validation_every: int | None = None,
         network_kwargs: dict[str, Any] | None = None,
@@ -282,7 +282,9 @@ class TransportMap:
             if not isinstance(value, str):
                 check_shrinkage(value, name, meaning)
         if self.frame not in ("auto", *FRAMES):
-            raise ValueError(f"Unknown frame {self.frame!r}; choose 'auto', 'global' or 'group'.")
+            raise ValueError(
+                f"Unknown frame {self.frame!r}; choose 'auto', 'global', 'group' or 'within'."
+            )
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(
                 f"validation_fraction must lie in [0, 1), got {self.validation_fraction!r}."
@@ -354,12 +356,13 @@ class TransportMap:
                 f"and {len(targets)}."
             )
         pairs = _check_pairs(sources, targets, source_groups, target_groups)
-        if template.frame == "group" and any(len(paired_groups(p.source_labels, p.target_labels)) < 2
+        if template.frame in ("group", "within") and any(len(paired_groups(p.source_labels, p.target_labels)) < 2
                                               if p.source_labels is not None else True
                                               for p in pairs):
             raise ValueError(
-                "frame='group' needs group labels (source_groups and target_groups) with at least "
-                "two groups present on both sides; pass them, or use frame='auto' or 'global'."
+                f"frame={template.frame!r} needs group labels (source_groups and target_groups) "
+                "with at least two groups present on both sides; pass them, or use frame='auto' "
+                "or 'global'."
             )
         return template._fit_stacked(pairs)
 
@@ -482,16 +485,19 @@ class TransportMap:
         source = ((source - center) / scale).astype(np.float32)
         target = ((target - center) / scale).astype(np.float32)
         train_s, train_t = source[~held_s], target[~held_t]
-        linear_source = train_s if len(train_s) >= 2 else source
-        linear_target = train_t if len(train_t) >= 2 else target
+        labels = (source_labels, target_labels)
+        fit_on = (train_s, train_t, *((None, None) if source_labels is None
+                                      else (source_labels[~held_s], target_labels[~held_t])))
+        if min(len(train_s), len(train_t)) < 2:
+            fit_on = (source, target, *labels)  # nothing left to fit on: use every row
         return _Prepared(
             frame=frame, shrinkage=shrinkage, means=means, center=center, scale=scale,
             train_source=train_s, train_target=train_t,
             held_source=source[held_s], held_target=target[held_t],
             held_labels=(None, None) if source_labels is None
             else (source_labels[held_s], target_labels[held_t]),
-            linear_train=fit_linear(linear_source, linear_target, shrinkage),
-            linear_all=fit_linear(source, target, shrinkage),
+            linear_train=fit_linear_in_frame(*fit_on[:2], frame, shrinkage, *fit_on[2:]),
+            linear_all=fit_linear_in_frame(source, target, frame, shrinkage, *labels),
             record={"frame": frame, "shrinkage": shrinkage, "groups_held_out": int(grouped),
                     **record},
         )
@@ -588,11 +594,11 @@ class TransportMap:
             if side == "target":
                 raise ValueError(
                     f"This map works relative to each group's source mean (frame_='group'); "
-                    f"the inverse needs groups seen at fit time, got {label!r}. Known groups: "
+                    f"the inverse needs groups seen at fit time, got {str(label)!r}. Known groups: "
                     f"{sorted(self.group_means_)[:10]}."
                 )
             if rows.sum() < MIN_GROUP_POINTS:
-                what = "these points" if groups is None else f"group {label!r}"
+                what = "these points" if groups is None else f"group {str(label)!r}"
                 raise ValueError(
                     f"This map works relative to each group's mean source state (frame_='group'), "
                     f"so {name} of a new group are moved together: {what} has only "
@@ -970,13 +976,17 @@ def _selection_masks(source_labels, target_labels, groups: list[str], grouped: b
 def _check_labels(labels, n_rows: int, name: str) -> np.ndarray | None:
     if labels is None:
         return None
-    array = np.asarray(labels)
+    array = np.asarray(labels, dtype=object)
     if array.ndim != 1 or len(array) != n_rows:
         raise ValueError(
             f"{name} must hold one group label per row ({n_rows}), got shape {array.shape}."
         )
-    if (array.dtype.kind == "f" and np.isnan(array).any()) or any(v is None for v in array.tolist()):
-        raise ValueError(f"{name} holds missing labels; give every row a group.")
+    missing = np.asarray([_is_missing(value) for value in array], dtype=bool)
+    if missing.any():
+        raise ValueError(
+            f"{name} holds {int(missing.sum())} missing label(s) (None/NaN); give every row a "
+            "group."
+        )
     return array.astype(str)
 
 
@@ -998,3 +1008,10 @@ def _at_most(n: int, rng: np.random.Generator) -> np.ndarray:
     if n <= MAX_SCORED_CELLS:
         return np.arange(n)
     return np.sort(rng.choice(n, MAX_SCORED_CELLS, replace=False))
+
+
+def _is_missing(value: Any) -> bool:
+    """None, a float NaN, or pandas' NA/NaT (detected without importing pandas)."""
+    if value is None or type(value).__name__ in ("NAType", "NaTType"):
+        return True
+    return isinstance(value, (float, np.floating)) and value != value

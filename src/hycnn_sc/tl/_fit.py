@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ..models.transport import TransportMap
+from ..models.transport import MIN_GROUP_POINTS, TransportMap
 from . import _inputs as inputs
 from ._schema import SCHEMA_VERSION, encode_map, map_id
 
@@ -136,6 +136,34 @@ def _check_enough_units(unit_labels: np.ndarray, cell_groups: dict[tuple[str, st
                 f"{len(shared)} group(s) of obs[{groups!r}] ({shared}); at least 2 are needed to "
                 "choose a map that generalises to new groups. Use another column, or groups=None."
             )
+
+
+def _transport_source_cells(tmap: TransportMap, values: np.ndarray, units: np.ndarray | None,
+                            groups: str | None, label: str) -> np.ndarray:
+    """Predictions for every source cell; NaN (with a warning) for cells that cannot be moved.
+
+    A ``"group"``-frame map moves a group it was not fitted on (one without target cells)
+    relative to the mean of that group's cells, which needs ``MIN_GROUP_POINTS`` of them.
+    """
+    out = np.full(values.shape, np.nan, dtype=np.float32)
+    movable = np.ones(len(values), dtype=bool)
+    if units is not None and tmap.frame_ == "group":
+        names, counts = np.unique(units, return_counts=True)
+        small = [str(n) for n, c in zip(names, counts, strict=True)
+                 if n not in tmap.group_means_ and c < MIN_GROUP_POINTS]
+        if small:
+            movable = ~np.isin(units, small)
+            warnings.warn(
+                f"Target {label!r}: the map works relative to each group's control cells, and "
+                f"group(s) {small[:10]} of obs[{groups!r}] have fewer than {MIN_GROUP_POINTS} "
+                "source cells and no target cells: their predictions are left NaN.",
+                UserWarning,
+                stacklevel=3,
+            )
+    if movable.any():
+        out[movable] = tmap.transport(values[movable],
+                                      groups=None if units is None else units[movable])
+    return out
 
 
 def obsm_key(key_added: str, target: str) -> str:
@@ -380,9 +408,9 @@ def fit_transport(
         block = predictions.setdefault(
             label, np.full((adata.n_obs, values.shape[1]), np.nan, dtype=np.float32)
         )
-        block[source_rows] = tmap.transport(
-            values[position[source_rows]],
-            groups=None if unit_labels is None else unit_labels[source_rows],
+        block[source_rows] = _transport_source_cells(
+            tmap, values[position[source_rows]],
+            None if unit_labels is None else unit_labels[source_rows], groups, label,
         )
         entries[map_id(label, stratum or None)] = encode_map(tmap, label, stratum or None)
 

@@ -14,7 +14,7 @@ import pandas as pd
 from anndata import AnnData
 
 from ..models.gaussian import GaussianTransportMap
-from ..models.transport import GAUSSIAN_RIDGE, TransportMap
+from ..models.transport import GAUSSIAN_RIDGE, MIN_GROUP_POINTS, TransportMap
 from . import _inputs as inputs
 
 #: Fewest cells of a held-out group per side for that fold to be scored.
@@ -48,6 +48,17 @@ def fold_plan(adata: AnnData, params: dict[str, Any], holdout: str,
             "cells, so their response cannot be predicted from their own controls. Leave them "
             f"out first: adata = adata[~adata.obs[{holdout!r}].isin({without_source[:10]})].copy()."
         )
+    if str(params.get("groups", "")):
+        # Maps fitted with groups may predict a new group relative to its own control cells.
+        counts = {u: int(((units == u) & (labels == source)).sum()) for u in set(units)}
+        few = sorted(u for u, n in counts.items() if n < MIN_GROUP_POINTS)
+        if few:
+            raise ValueError(
+                f"holdout={holdout!r}: group(s) {few[:10]} have fewer than {MIN_GROUP_POINTS} "
+                f"{source!r} (source) cells; maps fitted with groups= predict a new group from "
+                "the mean of its own control cells. Leave those groups out first: adata = "
+                f"adata[~adata.obs[{holdout!r}].isin({few[:10]})].copy()."
+            )
     folds = sorted(set(units))
     if len(folds) < 2:
         raise ValueError(
