@@ -370,8 +370,8 @@ def test_evaluate_bad_input(kang_fitted):
 def test_batch_size_larger_than_data_and_no_held_out_cells(kang):
     """Batches are drawn with replacement, so they may exceed the groups; without held-out
     cells evaluate and cells='held_out' say how to get some."""
-    fit_transport(kang, groupby="condition", source="control", validation_fraction=0,
-                  **{**TINY, "batch_size": 1000})
+    fit_transport(kang, groupby="condition", source="control",
+                  **{**TINY, "batch_size": 1000, "validation_fraction": 0})
     assert np.isfinite(kang.obsm["hycnn_stimulated"][(kang.obs["condition"] == "control")]).all()
     assert set(kang.obs["hycnn_split"].dropna()) == {"train"}
     with pytest.raises(ValueError, match=r"Nothing to evaluate.*validation_fraction=0.2.*holdout="):
