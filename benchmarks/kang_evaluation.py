@@ -45,7 +45,8 @@ def run(adata: ad.AnnData, model: str, seed: int, n_iters: int) -> tuple[pd.Data
     start = time.perf_counter()
     key = f"{model}_{seed}"
     hs.tl.fit_transport(adata, groupby="condition", source="control", target="stimulated",
-                        model=model, seed=seed, n_iters=n_iters, key_added=key, device="cpu")
+                        model=model, seed=seed, n_iters=n_iters, key_added=key, device="cpu",
+                        validation_fraction=0.2)
     seconds = time.perf_counter() - start
     table = hs.tl.evaluate(adata, key=key, by="cell_type", gene_space_metrics=False, seed=seed)
     return table.assign(seed=seed, fitted_model=model), seconds

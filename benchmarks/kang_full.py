@@ -89,7 +89,8 @@ def main() -> None:
     for n_iters in args.iters:
         start = time.perf_counter()
         hs.tl.fit_transport(adata, groupby="condition", source="control", target="stimulated",
-                            model=args.model, n_iters=n_iters, seed=args.seed, key_added="map")
+                            model=args.model, n_iters=n_iters, seed=args.seed, key_added="map",
+                            validation_fraction=0.2)
         seconds = time.perf_counter() - start
         table = hs.tl.evaluate(adata, key="map", gene_space_metrics=False, seed=args.seed)
         table = table[(table["group"] == "all") & (table["space"] == "rep")].set_index("method")
@@ -117,7 +118,8 @@ def side_by_side(adata: ad.AnnData, n_iters: int, seed: int) -> None:
     for name, config in SIDE_BY_SIDE.items():
         start = time.perf_counter()
         hs.tl.fit_transport(adata, groupby="condition", source="control", target="stimulated",
-                            n_iters=n_iters, seed=seed, key_added="side", **config)
+                            n_iters=n_iters, seed=seed, key_added="side",
+                            validation_fraction=0.2, **config)
         seconds = time.perf_counter() - start
         table = hs.tl.evaluate(adata, key="side", gene_space_metrics=False, seed=seed)
         table = table[(table["group"] == "all") & (table["space"] == "rep")].set_index("method")

@@ -326,3 +326,22 @@ def test_gaussian_warm_start_works_in_gene_space_and_small_strata():
     predicted = adata.obsm["hycnn_stimulated"]
     rows = (adata.obs["condition"] == "control").to_numpy()
     assert np.isfinite(predicted[rows]).all()
+
+
+def test_transport_map_accessor_returns_the_stored_map(kang_fitted):
+    from hycnn_sc.tl import transport_map
+
+    tmap = transport_map(kang_fitted)
+    stored = predict(kang_fitted, target="stimulated")
+    np.testing.assert_array_equal(
+        tmap.transport(kang_fitted.obsm["X_pca"][(kang_fitted.obs["condition"] == "control").to_numpy()]),
+        stored.obsm["X_pca"],
+    )
+    assert tmap.frame_ == "global" and 0 <= tmap.residual_weight_ <= 1
+    assert "linear_score_global_0" in tmap.selection_
+    with pytest.raises(KeyError, match=r"No map for target 'nope'; fitted targets are \['stimulated'\]"):
+        transport_map(kang_fitted, target="nope")
+    with pytest.raises(KeyError, match=r"No 'stimulated' map for stratum 'B'"):
+        transport_map(kang_fitted, stratum="B")
+    with pytest.raises(KeyError, match=r"No fitted maps under adata.uns\['other'\]"):
+        transport_map(kang_fitted, key="other")

@@ -127,6 +127,13 @@ print("TUTORIAL_CHECK " + _json.dumps({
 """
 
 
+def test_glioblastoma_tutorial_is_committed_without_outputs():
+    nb = nbformat.read(GLIOBLASTOMA, as_version=4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    dirty = [i for i, cell in enumerate(code) if cell.outputs or cell.execution_count is not None]
+    assert not dirty, f"code cells {dirty} hold outputs: clear them before committing"
+
+
 def test_glioblastoma_tutorial_runs(tmp_path, monkeypatch):
     """The drug tutorial (new-patient prediction, leave-one-patient-out) runs end to end."""
     nb = nbformat.read(GLIOBLASTOMA, as_version=4)
@@ -154,9 +161,10 @@ def test_glioblastoma_tutorial_runs(tmp_path, monkeypatch):
     assert report["methods"] == ["gaussian_ot", "hycnn", "identity", "mean_shift", "observed"]
     assert report["finite"]
     # Every figure cell drew something.
-    assert sum(
+    n_figures = sum(
         "image/png" in output.get("data", {})
         for cell in nb.cells
         if cell.cell_type == "code"
         for output in cell.outputs
-    ) >= 4
+    )
+    assert n_figures >= 4

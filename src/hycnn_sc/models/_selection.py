@@ -145,18 +145,23 @@ def paired_energy(predictions: dict[str, np.ndarray], observed: np.ndarray, *, r
     within_y = cdist(observed, observed)
     weights_x = rng.multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap).astype(np.float64)
     weights_y = rng.multinomial(m, np.full(m, 1.0 / m), size=n_bootstrap).astype(np.float64)
-    within_y_boot = np.einsum("bi,ij,bj->b", weights_y, within_y, weights_y) / m**2
+    within_y_boot = _quadratic_forms(weights_y, within_y, weights_y) / m**2
     result = PairedEnergy(reference=reference)
     boots: dict[str, np.ndarray] = {}
     for name, predicted in predictions.items():
         cross, within_x = cdist(predicted, observed), cdist(predicted, predicted)
         result.energy[name] = energy_distance_matrix_form(cross, within_x, within_y)
-        boots[name] = (2 * np.einsum("bi,ij,bj->b", weights_x, cross, weights_y) / (n * m)
-                       - np.einsum("bi,ij,bj->b", weights_x, within_x, weights_x) / n**2
+        boots[name] = (2 * _quadratic_forms(weights_x, cross, weights_y) / (n * m)
+                       - _quadratic_forms(weights_x, within_x, weights_x) / n**2
                        - within_y_boot)
     for name, values in boots.items():
         result.standard_error[name] = float(np.std(values - boots[reference]))
     return result
+
+
+def _quadratic_forms(left: np.ndarray, matrix: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``left[b] @ matrix @ right[b]`` for every row ``b`` (one matrix product, not a loop)."""
+    return np.einsum("bj,bj->b", left @ matrix, right)
 
 
 def choose_residual(linear: np.ndarray, network: np.ndarray, observed: np.ndarray,

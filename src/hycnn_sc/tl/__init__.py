@@ -6,6 +6,6 @@ write results back (schema in :mod:`hycnn_sc.tl._schema`).
 
 from ._evaluate import evaluate
 from ._fit import fit_transport
-from ._predict import predict
+from ._predict import predict, transport_map
 
-__all__ = ["evaluate", "fit_transport", "predict"]
+__all__ = ["evaluate", "fit_transport", "predict", "transport_map"]

@@ -11,6 +11,7 @@ from anndata import AnnData
 from anndata.utils import make_index_unique
 
 from ..models._utils import check_positive, resolve_device
+from ..models.transport import TransportMap
 from . import _inputs as inputs
 from ._schema import decode_map, find_maps, fitted_targets, read_fitted
 
@@ -308,3 +309,55 @@ def predict(
     result.obsm[use_rep or "X_input"] = predicted
     result.uns["hycnn_prediction"] = {"key": key, "target": str(target), "use_rep": use_rep or ""}
     return result
+
+
+def transport_map(adata: AnnData, *, key: str = "hycnn", target: str | None = None,
+                  stratum: str | None = None, device: str = "auto") -> TransportMap:
+    """The fitted :class:`~hycnn_sc.models.TransportMap` of one target, rebuilt from storage.
+
+    Use it to see what the fit chose (``frame_``, ``shrinkage_``, ``residual_weight_`` and the
+    held-out scores in ``selection_``), to apply the map to arrays, or to ``save`` it.
+
+    Parameters
+    ----------
+    adata
+        The AnnData the maps were fitted on.
+    key
+        ``key_added`` of :func:`fit_transport`.
+    target
+        The target label; may be left out when only one target was fitted.
+    stratum
+        With ``split_by`` maps, the stratum (required when the target has several).
+    device
+        Where to put the potentials.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> import hycnn_sc as hs
+    >>> adata = hs.datasets.kang_ifnb1k()
+    >>> sc.pp.normalize_total(adata)
+    >>> sc.pp.log1p(adata)
+    >>> sc.pp.pca(adata, n_comps=20)
+    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
+    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
+    >>> tmap = hs.tl.transport_map(adata)
+    >>> 0.0 <= tmap.residual_weight_ <= 1.0
+    True
+    """
+    stored = read_fitted(inputs.check_adata(adata), key)
+    if target is None:
+        known = fitted_targets(stored)
+        if len(known) != 1:
+            raise ValueError(f"Pass target=, one of the fitted targets {known}.")
+        target = known[0]
+    maps = find_maps(stored, target)
+    if stratum is not None:
+        maps = {mid: e for mid, e in maps.items() if str(e["stratum"]) == str(stratum)}
+        if not maps:
+            raise KeyError(f"No {target!r} map for stratum {stratum!r}.")
+    if len(maps) > 1:
+        strata = sorted(str(e["stratum"]) for e in maps.values())
+        raise ValueError(f"Target {target!r} has one map per stratum; pass stratum=, one of {strata}.")
+    (mid, entry), = maps.items()
+    return decode_map(entry, device=device, name=mid)
