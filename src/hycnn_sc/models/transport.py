@@ -57,7 +57,7 @@ DEFAULT_TAU = 0.3
 #: Initial strength of the isotropic quadratic term added to both potentials by default.
 DEFAULT_QUADRATIC = 0.1
 #: Fewest held-out groups on which a network must beat the linear map to be kept (groups given).
-MIN_HELD_OUT_GROUPS = 2
+MIN_HELD_OUT_GROUPS = 3
 #: Fewest source points of a new group that a ``"group"``-frame map moves (its mean is used).
 MIN_GROUP_POINTS = 10
 #: Rows per chunk in :meth:`TransportMap.transport` and friends.
@@ -385,7 +385,10 @@ class TransportMap:
         f, g = potentials
         source_samples = StackedSamples([p.train_source for p in prepared], device)
         target_samples = StackedSamples([p.train_target for p in prepared], device)
-        train_network = self.residual != 0
+        # No training when no map can keep its network: residual=0, or held-out groups too few
+        # to show that a network generalises (the maps are then their linear parts).
+        train_network = self.residual != 0 and (
+            self.residual != "auto" or any(p.network_selectable() for p in prepared))
         if train_network:
             self._warm_start(f, g, source_samples, target_samples, generator,
                              [p.linear_train for p in prepared])
@@ -439,7 +442,8 @@ class TransportMap:
             fitted.converged_ = bool(result.converged[k])
             fitted.interrupted_ = bool(result.interrupted)
             fitted.nonfinite_recoveries_ = int(result.nonfinite_recoveries)
-            fitted.w2_squared_ = float(w2[k]) * prep.scale**2
+            # The semi-dual estimate needs trained potentials.
+            fitted.w2_squared_ = float(w2[k]) * prep.scale**2 if train_network else math.nan
             fitted.history_ = {
                 name: values[:, k] if values.ndim == 2 else values
                 for name, values in result.history.items()
@@ -520,8 +524,8 @@ class TransportMap:
         network = potential_gradient(
             fitted.f_, torch.as_tensor(held_source, device=next(fitted.f_.parameters()).device)
         ).detach().cpu().numpy().astype(np.float64)
-        if prep.record["groups_held_out"] and (
-                labels[0] is None or len(paired_groups(*labels)) < MIN_HELD_OUT_GROUPS):
+        if not prep.network_selectable() or (prep.record["groups_held_out"]
+                                             and labels[0] is None):
             fitted.selection_["residual_note"] = (
                 f"fewer than {MIN_HELD_OUT_GROUPS} held-out groups: the linear map is kept")
             return 0.0
@@ -944,6 +948,13 @@ class _Prepared:
     linear_all: GaussianTransportMap
     record: dict[str, Any] = field(default_factory=dict)
 
+    def network_selectable(self) -> bool:
+        """Whether held-out data can show that a network beats the linear part."""
+        if not self.record["groups_held_out"]:
+            return True
+        labels = self.held_labels
+        return labels[0] is not None and len(paired_groups(*labels)) >= MIN_HELD_OUT_GROUPS
+
     def scoring_pair(self) -> tuple[np.ndarray, np.ndarray]:
         """Held-out cells, or the training cells when too few were held out."""
         if min(len(self.held_source), len(self.held_target)) >= MIN_VALIDATION_POINTS:
@@ -957,10 +968,13 @@ def _selection_masks(source_labels, target_labels, groups: list[str], grouped: b
     if fraction == 0:
         return np.zeros(n_source, bool), np.zeros(n_target, bool)
     if grouped:
-        # Two held-out groups where four or more exist: a network is only kept when it helps
-        # each of them (one group cannot show that a map generalises across groups).
-        least, most = (2, len(groups) - 2) if len(groups) >= 4 else (1, len(groups) - 1)
-        n_held = min(max(round(fraction * len(groups)), least), most)
+        # Several held-out groups where there are enough: a network is only kept when it helps
+        # each of MIN_HELD_OUT_GROUPS of them (one or two groups cannot show that a map
+        # generalises: measured, networks kept on two held-out cell types or patients lost
+        # to the linear map on the next one as often as they won).
+        n = len(groups)
+        least = MIN_HELD_OUT_GROUPS if n >= 2 * MIN_HELD_OUT_GROUPS else max(n // 2, 1)
+        n_held = min(max(round(fraction * n), least), n - least)
         held = rng.choice(groups, n_held, replace=False)
         return np.isin(source_labels, held), np.isin(target_labels, held)
     masks = []
