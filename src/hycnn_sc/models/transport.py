@@ -101,17 +101,38 @@ class TransportMap:
         Optional gate-temperature schedule for HyCNN: ``"cosine"`` anneals ``tau`` to
         ``tau_final``; ``"cosine_restarts"`` does so ``tau_cycles`` times.
     warm_start
-        Before the minimax, fit ``∇f`` (and ``∇g``) by gradient matching to the closed-form
-        Gaussian OT map (``"gaussian"``, the default: training starts from the linear baseline
+        Before the minimax, fit ``∇f`` (and ``∇g``) by gradient matching to the selected
+        linear part (``"gaussian"``, the default: training starts from the linear baseline
         and only has to learn what it misses), to the identity (``"identity"``), or not at all
         (``None``).
     warm_start_iters
         Gradient-matching steps of the warm start (Adam from ``1e-2``, cosine decay); not
         used by the exact start of ``full_quadratic`` potentials.
+    shrinkage
+        ``γ`` of the linear part, the Ledoit–Wolf Gaussian OT map shrunk towards the mean shift
+        (``0``: Gaussian map, ``1``: mean shift), or ``"auto"`` (default): chosen from
+        ``0, 0.25, 0.5, 0.75, 1`` by the energy distance on held-out cells (with groups: by
+        leave-one-group-out).
+    residual
+        ``λ`` of the network: the map is ``(1 − λ) T_lin + λ ∇f``, the gradient of the convex
+        potential ``(1 − λ) f_lin + λ f``. ``"auto"`` (default) keeps ``λ`` in
+        ``0.25, 0.5, 0.75, 1`` only when that blend beats the linear part on the held-out
+        cells by more than 1.645 bootstrap standard errors of the paired energy-distance
+        difference (with groups: on each of at least 3 held-out groups; with fewer, the map
+        is its linear part and no network is trained); else ``λ = 0``. ``1`` is the network
+        alone, ``0`` the linear part alone (no training).
+    frame
+        Coordinates of the linear part: ``"global"`` (pooled populations), ``"group"`` (every
+        group centred on its own source mean; a new group is moved relative to the mean of
+        its own source points), ``"within"`` (the average of the linear maps fitted within
+        each group), or ``"auto"`` (default): chosen by leave-one-group-out when group labels
+        are passed to :meth:`fit`, else ``"global"``.
     validation_fraction
-        Share of each side held out to pick the best iterate by the energy distance between
-        ``∇f(x_val)`` and ``y_val`` (a side with too few points to hold out 8 is scored on its
-        training points instead); ``0`` trains without validation and keeps the last iterate.
+        Share of each side held out to pick the best iterate, the linear part and the
+        residual weight (by the energy distance between mapped and held-out target points);
+        with at least two groups, whole groups are held out instead. A side with too few
+        points to hold out 8 is scored on its training points. ``0`` trains without
+        selection: the last iterate, and ``residual="auto"`` then means the network alone.
     validation_every
         Iterations between validations; ``None`` means ``max(n_iters // 20, 1)``.
     network_kwargs
@@ -154,6 +175,19 @@ class TransportMap:
         Trainable parameters of one potential.
     seed_ : int
         The seed actually used.
+    linear_ : GaussianTransportMap
+        The linear part, fitted on all points, in standardised coordinates (``center_``,
+        ``scale_``; in the ``"group"`` frame after subtracting the group means).
+    shrinkage_, residual_weight_ : float
+        The chosen ``γ`` and ``λ``.
+    frame_ : str
+        The chosen frame.
+    group_means_ : dict of str to ndarray
+        Mean source point of every training group (``"group"`` frame only, else empty).
+    selection_ : dict
+        The held-out scores behind each choice (relative linear scores per candidate, the
+        energy distance of each residual weight, the gain over the linear part and the
+        threshold it had to pass).
 
     Examples
     --------
