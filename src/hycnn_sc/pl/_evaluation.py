@@ -113,7 +113,7 @@ def evaluation(
     >>> sc.pp.log1p(adata)
     >>> sc.pp.pca(adata, n_comps=20)
     >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
-    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
+    ...                     validation_fraction=0.2, n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> table = hs.tl.evaluate(adata, by="cell_type")
     >>> ax = hs.pl.evaluation(adata, by="group", show=False)
     """
