@@ -51,9 +51,9 @@ def test_tutorial_is_committed_without_outputs():
     assert "HYCNN_TUTORIAL_ITERS" in code[0].source and "N_ITERS" in code[0].source
 
 
-def test_tutorial_runs(tmp_path, monkeypatch):
-    nb = _load()
-    nb.cells.append(nbformat.v4.new_code_cell(CHECK_CELL))
+def _execute(nb, check_cell: str, tmp_path, monkeypatch) -> dict:
+    """Run ``nb`` with ``check_cell`` appended (tiny budget) and return its JSON report."""
+    nb.cells.append(nbformat.v4.new_code_cell(check_cell))
     # The kernel is a subprocess: it sees the package through PYTHONPATH even when it is not
     # installed (pytest's own `pythonpath = ["src"]` only affects this process).
     python_path = os.environ.get("PYTHONPATH", "")
@@ -84,7 +84,12 @@ def test_tutorial_runs(tmp_path, monkeypatch):
         output.get("text", "") for output in nb.cells[-1].outputs if output.output_type == "stream"
     )
     line = next(row for row in text.splitlines() if row.startswith("TUTORIAL_CHECK "))
-    report = json.loads(line[len("TUTORIAL_CHECK ") :])
+    return json.loads(line[len("TUTORIAL_CHECK ") :])
+
+
+def test_tutorial_runs(tmp_path, monkeypatch):
+    nb = _load()
+    report = _execute(nb, CHECK_CELL, tmp_path, monkeypatch)
 
     assert report["n_iters"] == TEST_ITERS
     assert {
@@ -137,23 +142,7 @@ def test_glioblastoma_tutorial_is_committed_without_outputs():
 def test_glioblastoma_tutorial_runs(tmp_path, monkeypatch):
     """The drug tutorial (new-patient prediction, leave-one-patient-out) runs end to end."""
     nb = nbformat.read(GLIOBLASTOMA, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(GLIOBLASTOMA_CHECK))
-    python_path = os.environ.get("PYTHONPATH", "")
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(p for p in (str(ROOT / "src"), python_path) if p)
-    )
-    monkeypatch.setenv("HYCNN_TUTORIAL_ITERS", str(TEST_ITERS))
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    nbclient.NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
-
-    text = "".join(
-        output.get("text", "") for output in nb.cells[-1].outputs if output.output_type == "stream"
-    )
-    line = next(row for row in text.splitlines() if row.startswith("TUTORIAL_CHECK "))
-    report = json.loads(line[len("TUTORIAL_CHECK ") :])
+    report = _execute(nb, GLIOBLASTOMA_CHECK, tmp_path, monkeypatch)
     assert report["n_iters"] == TEST_ITERS
     assert report["n_predicted"] == 500  # the new patient's control cells
     assert report["scores_index"] == ["hycnn", "identity", "mean_shift", "gaussian_ot", "observed"]

@@ -132,6 +132,16 @@ def check_compatible(query: AnnData, stored: dict[str, Any], values: np.ndarray)
         )
 
 
+def _resolve_target(stored: dict[str, Any], target: str | None) -> str:
+    """``target``, or the only fitted target when it is None."""
+    if target is not None:
+        return target
+    known = fitted_targets(stored)
+    if len(known) != 1:
+        raise ValueError(f"Pass target=, one of the fitted targets {known}.")
+    return known[0]
+
+
 def query_groups(query: AnnData, params: dict[str, Any], rows: np.ndarray) -> np.ndarray | None:
     """``obs[groups]`` of the cells to map, for maps fitted with ``groups`` (else None).
 
@@ -246,11 +256,7 @@ def predict(
         check_positive(batch_size, "batch_size", integer=True)
     params = dict(stored["params"])
     params["key"] = key
-    if target is None:
-        known = fitted_targets(stored)
-        if len(known) != 1:
-            raise ValueError(f"Pass target=, one of the fitted targets {known}.")
-        target = known[0]
+    target = _resolve_target(stored, target)
     maps = find_maps(stored, target)
     use_rep = str(params["use_rep"]) or None
     layer = str(params["layer"]) or None
@@ -346,11 +352,7 @@ def transport_map(adata: AnnData, *, key: str = "hycnn", target: str | None = No
     True
     """
     stored = read_fitted(inputs.check_adata(adata), key)
-    if target is None:
-        known = fitted_targets(stored)
-        if len(known) != 1:
-            raise ValueError(f"Pass target=, one of the fitted targets {known}.")
-        target = known[0]
+    target = _resolve_target(stored, target)
     maps = find_maps(stored, target)
     if stratum is not None:
         maps = {mid: e for mid, e in maps.items() if str(e["stratum"]) == str(stratum)}
