@@ -395,3 +395,16 @@ def test_split_maps_all_plots(fitted_split, tmp_path):
     ticks = {t.get_text().split("\n")[0] for t in ax.get_xticklabels()}
     assert ticks == {"lymphoid", "myeloid"}
     assert ax.get_title().startswith("stimulated")
+
+
+def test_plots_work_for_labels_with_a_slash():
+    """Drug and guide names often hold '/', which h5ad keys cannot: obsm uses '_' instead."""
+    adata = _tiny()
+    labels = adata.obs["condition"].astype(str).replace({"stimulated": "IFN/b"})
+    adata.obs["condition"] = labels.astype("category")
+    hs.tl.fit_transport(adata, groupby="condition", source="control", **FIT)
+    assert "hycnn_IFN_b" in adata.obsm
+    for name in ("transport", "response"):
+        fig = getattr(hs.pl, name)(adata, target="IFN/b", return_fig=True)
+        assert fig.axes
+        plt.close(fig)

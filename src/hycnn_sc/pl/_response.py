@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from ..tl import _inputs as inputs
 from ..tl._predict import gene_space
+from ..tl._schema import split_key
 from . import _utils as utils
 
 
@@ -215,7 +216,7 @@ def response(
 
     keep_source = np.ones(len(source_rows), dtype=bool)
     cells = "all cells"
-    split = f"{key}_split"
+    split = split_key(key)
     if split in adata.obs:
         held = (adata.obs[split].astype(str) == "held_out").to_numpy()
         if held[source_rows].sum() >= 2 and held[target_rows].sum() >= 2:

@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..tl import _inputs as inputs
+from ..tl._schema import split_key
 from . import _utils as utils
 
 _BASIS_LABELS = {"umap": "UMAP", "tsne": "tSNE", "pca": "PC", "diffmap": "DC",
@@ -191,7 +192,7 @@ def transport(
         how = "predicted"
         note = ""
     else:
-        split = f"{key}_split"
+        split = split_key(key)
         if split in adata.obs:
             reference_rows = np.flatnonzero(adata.obs[split].notna().to_numpy())
         else:

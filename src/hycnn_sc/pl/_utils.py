@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..tl import _inputs as inputs
-from ..tl._schema import find_maps, read_fitted
+from ..tl._schema import find_maps, obsm_key, read_fitted
 
 #: Colours shared by all plots: control, observed target, predicted target, background cells.
 COLORS = {
@@ -70,7 +70,7 @@ def fitted_state(entry: dict[str, Any]) -> dict[str, Any]:
 
 def predictions(adata: AnnData, key: str, target: str) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the source cells with a prediction for ``target`` and those predictions."""
-    name = f"{key}_{target}"
+    name = obsm_key(key, target)
     if name not in adata.obsm:
         raise KeyError(
             f"adata.obsm[{name!r}] (predictions for {target!r}) is missing: run "

@@ -15,7 +15,7 @@ from ..models.transport import GAUSSIAN_RIDGE
 from . import _inputs as inputs
 from ._holdout import evaluate_holdout
 from ._predict import gene_space, query_groups
-from ._schema import decode_map, find_maps, read_fitted
+from ._schema import decode_map, find_maps, read_fitted, split_key
 
 #: Methods reported beside the model, in table order.
 BASELINES = ("identity", "mean_shift", "gaussian_ot")
@@ -131,7 +131,7 @@ def evaluate(
     use_rep, layer = str(params["use_rep"]) or None, str(params["layer"]) or None
     split_by = str(params["split_by"]) or None
     model_name = str(params["model"])
-    split_column = f"{key}_split"
+    split_column = split_key(key)
     resolve_device(device)
     if isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer)) or max_cells < 2:
         raise ValueError(f"max_cells must be an int >= 2, got {max_cells!r}.")

@@ -14,7 +14,7 @@ from anndata import AnnData
 
 from ..models.transport import MIN_GROUP_POINTS, TransportMap
 from . import _inputs as inputs
-from ._schema import SCHEMA_VERSION, encode_map, map_id
+from ._schema import SCHEMA_VERSION, encode_map, map_id, obsm_key, split_key
 
 
 def _versions() -> dict[str, str]:
@@ -164,11 +164,6 @@ def _transport_source_cells(tmap: TransportMap, values: np.ndarray, units: np.nd
         out[movable] = tmap.transport(values[movable],
                                       groups=None if units is None else units[movable])
     return out
-
-
-def obsm_key(key_added: str, target: str) -> str:
-    """The ``obsm`` key of one target's predictions (``/`` is not allowed in h5ad keys)."""
-    return f"{key_added}_{target}".replace("/", "_")
 
 
 def fit_transport(
@@ -466,7 +461,7 @@ def fit_transport(
 def _write(adata: AnnData, key_added: str, stored: dict[str, Any], split: np.ndarray,
            obsm: dict[str, np.ndarray]) -> None:
     """Write the results; on any failure restore what was there, so nothing is half-written."""
-    split_column = f"{key_added}_split"
+    split_column = split_key(key_added)
     previous = adata.uns.get(key_added)
     stale: list[str] = []
     if isinstance(previous, dict) and isinstance(previous.get("params"), dict):

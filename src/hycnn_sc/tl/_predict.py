@@ -13,7 +13,7 @@ from anndata.utils import make_index_unique
 from ..models._utils import check_positive, resolve_device
 from ..models.transport import TransportMap
 from . import _inputs as inputs
-from ._schema import decode_map, find_maps, fitted_targets, read_fitted
+from ._schema import decode_map, find_maps, fitted_targets, read_fitted, split_key
 
 #: Tolerated range of the ratio between the per-feature spread (median over features) of new
 #: cells and of the fitted control cells. Wide at the low end: a single cell type or cell line
@@ -44,7 +44,7 @@ def _select_cells(query: AnnData, params: dict[str, Any], cells) -> np.ndarray:
             raise ValueError(
                 f"cells={cells!r}: pass None, 'held_out', a boolean mask, positions or obs names."
             )
-        split = query.obs.get(f"{params['key']}_split")
+        split = query.obs.get(split_key(params["key"]))
         if split is None:
             raise KeyError(
                 f"cells='held_out' needs obs[{params['key'] + '_split'!r}], written by "

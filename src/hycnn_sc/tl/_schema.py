@@ -48,6 +48,16 @@ SCHEMA_VERSION = 1
 _ARRAY_GROUPS = ("f", "g", "history", "linear", "group_means")
 
 
+def obsm_key(key: str, target: str) -> str:
+    """The ``obsm`` key of one target's predictions (``/`` is not allowed in h5ad keys)."""
+    return f"{key}_{target}".replace("/", "_")
+
+
+def split_key(key: str) -> str:
+    """The ``obs`` column marking the fitted cells as ``"train"`` or ``"held_out"``."""
+    return f"{key}_split"
+
+
 def map_id(target: str, stratum: str | None) -> str:
     """Key of one map in ``uns[key]['maps']``: h5-safe (no ``/``), readable."""
     name = str(target) if not stratum else f"{target}|{stratum}"
