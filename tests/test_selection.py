@@ -322,3 +322,30 @@ def test_evaluate_holdout_table(tmp_path):
     back = ad.read_h5ad(tmp_path / "evaluated.h5ad").uns["hycnn"]["evaluation_holdout"]
     pd.testing.assert_frame_equal(back.reset_index(drop=True), table, check_dtype=False,
                                   check_categorical=False)
+
+
+# ------------------------------------------------------------------------------ "within" frame
+def test_within_frame_is_the_average_of_within_group_linear_maps():
+    from hycnn_sc.models._selection import fit_linear, fit_linear_within
+
+    source, target, source_labels, target_labels = grouped_shift(3, [120] * 3, [100] * 3,
+                                                                 scale=1.5)
+    averaged = fit_linear_within(source, target, source_labels, target_labels, 0.25)
+    x = source[:7]
+    expected = np.mean([
+        fit_linear(source[source_labels == g], target[target_labels == g], 0.25).transport(x)
+        for g in np.unique(source_labels)
+    ], axis=0)
+    np.testing.assert_allclose(averaged.transport(x), expected, atol=1e-10)
+    assert np.linalg.eigvalsh(averaged.matrix_).min() > 0  # still a convex potential's gradient
+    np.testing.assert_allclose(averaged.inverse(averaged.transport(x)), x, atol=1e-8)
+
+
+def test_within_frame_map_needs_no_groups_at_prediction():
+    source, target, source_labels, target_labels = grouped_shift(4, [120] * 4, [100] * 4)
+    tmap = TransportMap(frame="within", residual=0, **MODEL).fit(
+        source, target, source_groups=source_labels, target_groups=target_labels)
+    assert tmap.frame_ == "within" and tmap.group_means_ == {}
+    moved = tmap.transport(source[:3])  # one point at a time is fine: nothing is centred
+    np.testing.assert_allclose(moved, np.vstack([tmap.transport(row[None]) for row in source[:3]]),
+                               rtol=1e-5, atol=1e-5)
