@@ -116,14 +116,23 @@ def test_residual_zero_shrinkage_one_is_the_mean_shift():
 @pytest.mark.parametrize("network", ["default", "full_quadratic"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_linear_truth_keeps_the_linear_map(seed, network):
-    """200 points of a Gaussian pair: the network is not accepted (λ = 0), even when it starts
-    at the linear map exactly (full_quadratic) and so scores about the same."""
-    source, target = gaussian_pair(seed)
+    """1200 points of a Gaussian pair (120 held out a side): the network is not accepted
+    (λ = 0), even when it starts at the linear map exactly (full_quadratic) and so scores
+    about the same."""
+    source, target = gaussian_pair(seed, n=1200)
     kwargs = {"network_kwargs": {"full_quadratic": True}} if network == "full_quadratic" else {}
     tmap = TransportMap(**{**MODEL, "seed": seed}, **kwargs).fit(source, target)
     assert tmap.residual_weight_ == 0.0, tmap.selection_
     assert "energy_gain_over_linear" in tmap.selection_
     assert tmap.selection_["energy_gain_over_linear"] <= tmap.selection_["energy_gain_threshold"]
+
+
+def test_too_few_held_out_cells_keep_the_linear_map_without_training():
+    source, target = gaussian_pair(0)  # 200 points: 20 held out a side
+    tmap = TransportMap(**MODEL).fit(source, target)
+    assert tmap.residual_weight_ == 0.0
+    assert "fewer than 100 held-out points a side" in tmap.selection_["residual_note"]
+    assert np.isnan(tmap.w2_squared_)  # no network was trained, so no semi-dual estimate
 
 
 # ------------------------------------------------------------------------------ 3. monotone blend

@@ -429,7 +429,7 @@ def test_validation_history_with_default_fraction(tiny_data) -> None:
 # ---------------------------------------------------------------------------- fit_many
 def test_fit_many_matches_separate_fits_in_quality() -> None:
     problems = [GaussianProblem(seed, n=1000) for seed in (10, 11, 12)]
-    params = dict(n_iters=40, warm_start_iters=100, **BASE)
+    params = dict(n_iters=40, warm_start_iters=100, residual=1.0, **BASE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         maps = TransportMap.fit_many(
