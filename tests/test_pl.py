@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 import hycnn_sc as hs
 from hycnn_sc.pl._transport import knn_place
 
-FIT = dict(validation_fraction=0.2, n_iters=20, hidden=(8,), batch_size=64, warm_start_iters=10, seed=0, device="cpu")
+FIT = dict(validation_fraction=0.2, residual=1.0, n_iters=20, hidden=(8,), batch_size=64, warm_start_iters=10, seed=0, device="cpu")
 PLOTS = ("transport", "training", "response", "evaluation")
 
 
@@ -408,3 +408,12 @@ def test_plots_work_for_labels_with_a_slash():
         fig = getattr(hs.pl, name)(adata, target="IFN/b", return_fig=True)
         assert fig.axes
         plt.close(fig)
+
+
+def test_training_plot_says_when_no_network_was_trained():
+    adata = _tiny()
+    hs.tl.fit_transport(adata, groupby="condition", source="control", **{**FIT, "residual": 0.0})
+    fig = hs.pl.training(adata, return_fig=True)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("no network was trained" in t for t in texts)
+    plt.close(fig)

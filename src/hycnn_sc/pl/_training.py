@@ -175,8 +175,22 @@ def training(
     loss_ax.set_xlabel("iteration" if window == 1 else f"iteration (running mean of {window})")
     val_ax.set_xlabel("iteration")
     val_ax.set_ylabel("energy distance (standardised)")
-    loss_ax.set_xlim(0, n_iters)
-    val_ax.set_xlim(0, n_iters)
+    if n_iters == 0:  # residual weight 0 chosen before training: only the linear part
+        val_ax.cla()
+        for line in [*loss_ax.lines, *g_ax.lines]:
+            line.remove()
+        loss_ax.set_ylabel("")
+        g_ax.set_ylabel("")
+        for axis in (loss_ax, g_ax, val_ax):
+            axis.set_xticks([])
+            axis.set_yticks([])
+        loss_ax.text(0.5, 0.5, "no network was trained:\nthe map is its linear part\n"
+                     "(residual weight 0; see tl.transport_map(...).selection_)",
+                     transform=loss_ax.transAxes, ha="center", va="center", color="#555555")
+        val_ax.set_title("selection energy", fontsize="medium")
+    else:
+        loss_ax.set_xlim(0, n_iters)
+        val_ax.set_xlim(0, n_iters)
     if handles:
         val_ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
                       frameon=False, fontsize="small", borderaxespad=0.0)
