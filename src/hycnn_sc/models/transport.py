@@ -460,11 +460,13 @@ class TransportMap:
                 stacklevel=3,
             )
         evaluation = chosen if use_validation else [(p.train_source, p.train_target) for p in prepared]
-        w2 = dual_w2_squared(
-            f, g,
-            StackedSamples([src for src, _ in evaluation], device).padded(),
-            StackedSamples([tgt for _, tgt in evaluation], device).padded(),
-        ).detach().cpu().numpy()
+        w2 = np.full(n_models, math.nan)  # the semi-dual estimate needs trained potentials
+        if train_network:
+            w2 = dual_w2_squared(
+                f, g,
+                StackedSamples([src for src, _ in evaluation], device).padded(),
+                StackedSamples([tgt for _, tgt in evaluation], device).padded(),
+            ).detach().cpu().numpy()
 
         maps = []
         for k, prep in enumerate(prepared):
@@ -480,8 +482,7 @@ class TransportMap:
             fitted.converged_ = bool(result.converged[k])
             fitted.interrupted_ = bool(result.interrupted)
             fitted.nonfinite_recoveries_ = int(result.nonfinite_recoveries)
-            # The semi-dual estimate needs trained potentials.
-            fitted.w2_squared_ = float(w2[k]) * prep.scale**2 if train_network else math.nan
+            fitted.w2_squared_ = float(w2[k]) * prep.scale**2
             fitted.history_ = {
                 name: values[:, k] if values.ndim == 2 else values
                 for name, values in result.history.items()
@@ -532,14 +533,17 @@ class TransportMap:
                                       else (source_labels[~held_s], target_labels[~held_t])))
         if min(len(train_s), len(train_t)) < 2:
             fit_on = (source, target, *labels)  # nothing left to fit on: use every row
+        linear_all = fit_linear_in_frame(source, target, frame, shrinkage, *labels)
+        nothing_held = not held_s.any() and not held_t.any()
         return _Prepared(
             frame=frame, shrinkage=shrinkage, means=means, center=center, scale=scale,
             train_source=train_s, train_target=train_t,
             held_source=source[held_s], held_target=target[held_t],
             held_labels=(None, None) if source_labels is None
             else (source_labels[held_s], target_labels[held_t]),
-            linear_train=fit_linear_in_frame(*fit_on[:2], frame, shrinkage, *fit_on[2:]),
-            linear_all=fit_linear_in_frame(source, target, frame, shrinkage, *labels),
+            linear_train=linear_all if nothing_held
+            else fit_linear_in_frame(*fit_on[:2], frame, shrinkage, *fit_on[2:]),
+            linear_all=linear_all,
             record={"frame": frame, "shrinkage": shrinkage, "groups_held_out": int(grouped),
                     **record},
         )
@@ -1052,14 +1056,11 @@ def _check_labels(labels, n_rows: int, name: str) -> np.ndarray | None:
 def _linear_part(linear: GaussianTransportMap, standard: np.ndarray, which: str,
                  gradient: bool) -> np.ndarray:
     """The linear map (``which='f_'``) or its inverse, or its potential, in standardised units."""
-    if which == "f_":
-        m0, m1, matrix = linear.mean_source_, linear.mean_target_, linear.matrix_
-    else:
-        m0, m1, matrix = linear.mean_target_, linear.mean_source_, linear.inverse_matrix_
     if gradient:
-        return m1 + (standard - m0) @ matrix
-    centred = standard - m0
-    return 0.5 * np.einsum("nd,de,ne->n", centred, matrix, centred) + standard @ m1
+        return linear.transport(standard) if which == "f_" else linear.inverse(standard)
+    centred = standard - linear.mean_source_
+    return (0.5 * np.einsum("nd,de,ne->n", centred, linear.matrix_, centred)
+            + standard @ linear.mean_target_)
 
 
 def _at_most(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -10,10 +10,8 @@ from anndata import AnnData
 
 from .. import metrics
 from ..models._utils import resolve_device
-from ..models.gaussian import GaussianTransportMap
-from ..models.transport import GAUSSIAN_RIDGE
 from . import _inputs as inputs
-from ._holdout import evaluate_holdout
+from ._holdout import baseline_predictions, evaluate_holdout, subsample
 from ._predict import gene_space, query_groups
 from ._schema import decode_map, find_maps, read_fitted, split_key
 
@@ -29,10 +27,6 @@ def _score(predicted: np.ndarray, observed: np.ndarray, control: np.ndarray) -> 
         "r2_mean": metrics.r2_mean(predicted, observed),
         "signature_l2": metrics.signature_l2(predicted, observed, control),
     }
-
-
-def _subsample(rows: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
-    return rows if len(rows) <= n_max else np.sort(rng.choice(rows, n_max, replace=False))
 
 
 def evaluate(
@@ -176,17 +170,11 @@ def evaluate(
             continue
         read = {k: inputs.read_rows(adata, r, use_rep, layer) for k, r in rows.items()}
         tmap = decode_map(entry, device=device, name=mid)
-        gaussian = GaussianTransportMap(regularization=GAUSSIAN_RIDGE).fit(
-            read[("source", "train")], read[("target", "train")]
-        )
-        shift = read[("target", "train")].mean(0) - read[("source", "train")].mean(0)
         control = read[("source", "held")]
         units = query_groups(adata, params, rows[("source", "held")])
         predictions = {
             model_name: tmap.transport(control, groups=units),
-            "identity": control,
-            "mean_shift": control + shift,
-            "gaussian_ot": gaussian.transport(control).astype(np.float32),
+            **baseline_predictions(read[("source", "train")], read[("target", "train")], control),
         }
         groups = {"all": (np.ones(len(control), bool), np.ones(len(rows[("target", "held")]), bool),
                           np.ones(len(rows[("target", "train")]), bool))}
@@ -198,9 +186,9 @@ def evaluate(
         for group, (source_mask, target_mask, reference_mask) in groups.items():
             if source_mask.sum() < 2 or target_mask.sum() < 2:
                 continue
-            pick_source = _subsample(np.flatnonzero(source_mask), max_cells, rng)
-            pick_target = _subsample(np.flatnonzero(target_mask), max_cells, rng)
-            pick_reference = _subsample(np.flatnonzero(reference_mask), max_cells, rng)
+            pick_source = subsample(np.flatnonzero(source_mask), max_cells, rng)
+            pick_target = subsample(np.flatnonzero(target_mask), max_cells, rng)
+            pick_reference = subsample(np.flatnonzero(reference_mask), max_cells, rng)
             observed = read[("target", "held")][pick_target]
             spaces = {"rep": (observed, control[pick_source],
                               {m: p[pick_source] for m, p in predictions.items()},

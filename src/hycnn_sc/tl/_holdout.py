@@ -21,8 +21,20 @@ from . import _inputs as inputs
 MIN_FOLD_CELLS = 4
 
 
-def _subsample(rows: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
+def subsample(rows: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
+    """``rows``, or ``n_max`` of them drawn at random (sorted)."""
     return rows if len(rows) <= n_max else np.sort(rng.choice(rows, n_max, replace=False))
+
+
+def baseline_predictions(source_train: np.ndarray, target_train: np.ndarray,
+                         control: np.ndarray) -> dict[str, np.ndarray]:
+    """``identity``, ``mean_shift`` and ``gaussian_ot`` moves of ``control``, fitted on the pair."""
+    gaussian = GaussianTransportMap(regularization=GAUSSIAN_RIDGE).fit(source_train, target_train)
+    return {
+        "identity": control,
+        "mean_shift": control + target_train.mean(0) - source_train.mean(0),
+        "gaussian_ot": gaussian.transport(control).astype(np.float32),
+    }
 
 
 def fold_plan(adata: AnnData, params: dict[str, Any], holdout: str,
@@ -120,16 +132,10 @@ def evaluate_holdout(adata: AnnData, stored: dict[str, Any], holdout: str,
         for (target, train_target, held_target), tmap in zip(pairs, maps, strict=True):
             target_train, observed = read(train_target), read(held_target)
             groups = None if fit_units is None else fit_units[held_source]
-            gaussian = GaussianTransportMap(regularization=GAUSSIAN_RIDGE).fit(source_train,
-                                                                               target_train)
-            predictions = {
-                model_name: tmap.transport(control, groups=groups),
-                "identity": control,
-                "mean_shift": control + target_train.mean(0) - source_train.mean(0),
-                "gaussian_ot": gaussian.transport(control).astype(np.float32),
-            }
-            pick_source = _subsample(np.arange(len(control)), max_cells, rng)
-            pick_target = _subsample(np.arange(len(observed)), max_cells, rng)
+            predictions = {model_name: tmap.transport(control, groups=groups),
+                           **baseline_predictions(source_train, target_train, control)}
+            pick_source = subsample(np.arange(len(control)), max_cells, rng)
+            pick_target = subsample(np.arange(len(observed)), max_cells, rng)
             halves = rng.permutation(len(observed))
             base = {"holdout": fold, "target": target, "n_observed": len(pick_target)}
             choice = {"frame": tmap.frame_, "shrinkage": tmap.shrinkage_,
