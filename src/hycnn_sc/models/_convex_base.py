@@ -146,28 +146,59 @@ class ConvexPotential(nn.Module):
         skips = torch.matmul(x, self.input_weight.transpose(-1, -2)) + self.input_bias.unsqueeze(-2)
         return list(skips.split(self._split_sizes, dim=-1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def modulation_sizes(self) -> list[int]:
+        """Column blocks of a ``modulation`` (see :meth:`forward`), in order.
+
+        A bias shift for every pre-activation row of every layer, a z-path scale for every
+        row of layers ``1 .. L-1``, a scale of the output's z-term per last-layer unit, and
+        the output's linear term (``d`` columns).
+        """
+        return [*self._split_sizes[:-1], *self._split_sizes[1:-1], self.hidden[-1],
+                self.in_features]
+
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor | None = None) -> torch.Tensor:
         """Evaluate the potential.
 
         Parameters
         ----------
         x
             ``[n, d]`` points, or ``[n_models, n, d]`` with one batch per stacked model.
+        modulation
+            Optional ``[m, sum(modulation_sizes)]`` raw modulation of ``m`` conditions (used by
+            :class:`~hycnn_sc.models.ConditionalPotential`), with ``x`` of shape ``[m, n, d]``:
+            bias shifts (free), positive scales ``softplus(raw) / log 2`` (``1`` at ``raw = 0``)
+            of the z-path and of the output's z-term, and a free linear term ``aᵀx``. Every
+            modulated potential is convex in ``x``: scales stay positive and the rest is
+            affine in ``x``.
 
         Returns
         -------
-        ``[n]`` when ``n_models == 1`` and ``x`` is 2-D, else ``[n_models, n]``.
+        ``[n]`` when ``n_models == 1`` and ``x`` is 2-D, else ``[n_models, n]`` (``[m, n]``
+        with a modulation).
         """
         if x.shape[-1] != self.in_features:
             raise ValueError(
                 f"Expected inputs with {self.in_features} features, got shape {tuple(x.shape)}."
             )
         skips = self._input_path(x)
+        n_layers = len(self.hidden)
+        if modulation is not None:
+            blocks = modulation.split(self.modulation_sizes, dim=-1)
+            shifts, scales = blocks[:n_layers], blocks[n_layers : 2 * n_layers - 1]
+            output_scale, linear = (_positive(blocks[-2]), blocks[-1])
+            skips = [skip + shift.unsqueeze(-2) for skip, shift in zip(skips, shifts, strict=False)] + [
+                skips[-1] + (x * linear.unsqueeze(-2)).sum(-1, keepdim=True)]
         z = self.merge(skips[0], 0)
         for layer, raw in enumerate(self.hidden_weight_raw, start=1):
-            pre = skips[layer] + torch.matmul(z, F.softplus(raw).transpose(-1, -2))
-            z = self.merge(pre, layer)
-        out = (z * F.softplus(self.output_weight_raw).unsqueeze(-2)).sum(-1) + skips[-1].squeeze(-1)
+            path = torch.matmul(z, F.softplus(raw).transpose(-1, -2))
+            if modulation is not None:
+                path = path * _positive(scales[layer - 1]).unsqueeze(-2)
+            z = self.merge(skips[layer] + path, layer)
+        weight = F.softplus(self.output_weight_raw).unsqueeze(-2)
+        if modulation is not None:
+            weight = weight * output_scale.unsqueeze(-2)
+        out = (z * weight).sum(-1) + skips[-1].squeeze(-1)
         if self.quadratic_weight_raw is not None:
             alpha = F.softplus(self.quadratic_weight_raw).unsqueeze(-1)
             out = out + 0.5 * alpha * x.square().sum(-1)
@@ -290,6 +321,11 @@ class ConvexPotential(nn.Module):
         damped = F.softplus(self.output_weight_raw) * residual_scale
         self.output_weight_raw.copy_(softplus_inverse(damped.clamp_min(1e-12)))
         self.input_bias[:, -1] *= residual_scale
+
+
+def _positive(raw: torch.Tensor) -> torch.Tensor:
+    """A positive scale that equals 1 at ``raw = 0`` (``softplus(raw) / log 2``)."""
+    return F.softplus(raw) / math.log(2.0)
 
 
 def potential_gradient(

@@ -52,12 +52,18 @@ class StackedSamples:
         self.offsets = torch.tensor(offsets, dtype=torch.long)
         self.sizes = torch.tensor(sizes, dtype=torch.long)
         self.arrays = list(arrays)
+        #: Indices of the clouds :meth:`sample` draws from (None: all), set per training step
+        #: when one step covers a subset of many conditions.
+        self.active: torch.Tensor | None = None
 
     def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Draw ``batch_size`` points with replacement from each cloud."""
-        uniform = torch.rand(len(self.sizes), batch_size, generator=generator)
-        index = (uniform * self.sizes.unsqueeze(1)).long().clamp_max_(self.sizes.unsqueeze(1) - 1)
-        return self.values[(index + self.offsets.unsqueeze(1)).to(self.values.device)]
+        """Draw ``batch_size`` points with replacement from each (active) cloud."""
+        sizes, offsets = self.sizes, self.offsets
+        if self.active is not None:
+            sizes, offsets = sizes[self.active], offsets[self.active]
+        uniform = torch.rand(len(sizes), batch_size, generator=generator)
+        index = (uniform * sizes.unsqueeze(1)).long().clamp_max_(sizes.unsqueeze(1) - 1)
+        return self.values[(index + offsets.unsqueeze(1)).to(self.values.device)]
 
     def padded(self) -> torch.Tensor:
         """All clouds as ``[n_models, max_size, d]``, shorter ones padded by repetition."""
@@ -111,13 +117,18 @@ def warm_start(
     batch_size: int,
     lr: float,
     generator: torch.Generator,
+    before_step: Callable[[int | None], None] | None = None,
 ) -> None:
     """Fit ``∇potential ≈ target_map`` on ``points`` by gradient matching.
 
     A plain (stable) regression: Adam from ``lr`` with a cosine decay to 1 % over ``n_steps``.
+    ``before_step(step)`` runs before every step (``before_step(None)`` at the end), e.g. to
+    draw the conditions of a conditional potential.
     """
     optimizer = torch.optim.Adam(potential.parameters(), lr=lr)
     for step in range(n_steps):
+        if before_step is not None:
+            before_step(step)
         for group in optimizer.param_groups:
             group["lr"] = lr * cosine_factor(step, n_steps, 0.01)
         batch = points.sample(batch_size, generator)
@@ -126,6 +137,8 @@ def warm_start(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    if before_step is not None:
+        before_step(None)
 
 
 def _validation_energy(
@@ -157,6 +170,7 @@ def train_minimax(
     settings: MinimaxSettings,
     generator: torch.Generator,
     validation: tuple[StackedSamples, Sequence[torch.Tensor]] | None = None,
+    before_step: Callable[[int | None], None] | None = None,
 ) -> MinimaxResult:
     """Train stacked potentials ``f`` (source → target map ``∇f``) and ``g`` (its inverse).
 
@@ -167,6 +181,11 @@ def train_minimax(
     and halves the learning rate (at most ``MAX_NONFINITE_RECOVERIES`` times, then training
     stops); ``KeyboardInterrupt`` stops training and keeps the best iterate. Both are reported
     as warnings and in the result.
+
+    Conditional potentials (``f.shares_parameters``: one network for all ``n_models``
+    conditions) keep the iterate with the best mean validation energy over conditions, and
+    ``before_step(iteration)`` runs before every iteration (``before_step(None)`` before each
+    validation and at the end) to choose the conditions a step covers.
     """
     n_models = len(source.sizes)
     s = settings
@@ -185,7 +204,11 @@ def train_minimax(
     result = MinimaxResult(history={}, best_iteration=best_iteration, best_validation=best_value,
                            converged=np.ones(n_models, dtype=bool))
 
+    shared = bool(getattr(f, "shares_parameters", False))
+
     def validate(iteration: int) -> None:
+        if before_step is not None:
+            before_step(None)
         if validation is None:  # no held-out data: remember the last finite iterate instead
             best_f.update(_snapshot(f))
             best_g.update(_snapshot(g))
@@ -195,12 +218,17 @@ def train_minimax(
         checks.append(iteration)
         check_values.append(values)
         improved = values < best_value
-        if improved.any():
+        if shared:  # one set of weights: keep it when the mean over conditions improved
+            improved[:] = values.mean() < best_value.mean()
+        if improved.any() and shared:
+            best_f.update(_snapshot(f))
+            best_g.update(_snapshot(g))
+        elif improved.any():
             mask = torch.as_tensor(improved)
             _keep_improved(best_f, f, mask)
             _keep_improved(best_g, g, mask)
-            best_value[improved] = values[improved]
-            best_iteration[improved] = iteration
+        best_value[improved] = values[improved]
+        best_iteration[improved] = iteration
 
     def set_learning_rate(iteration: int) -> None:
         warmup = max(int(s.lr_warmup_fraction * s.n_iters), 1)
@@ -225,6 +253,8 @@ def train_minimax(
     iteration = 0
     try:
         for iteration in bar:
+            if before_step is not None:
+                before_step(iteration)
             set_learning_rate(iteration)
             taus[iteration] = set_tau(iteration)
             for _ in range(s.inner_steps):
@@ -240,6 +270,8 @@ def train_minimax(
             optimizer_f.step()
 
             values_f, values_g = loss_f.detach().cpu().numpy(), loss_g.detach().cpu().numpy()
+            if values_f.shape != (n_models,):  # a step over a subset of shared conditions
+                values_f, values_g = np.full(n_models, values_f.mean()), np.full(n_models, values_g.mean())
             losses_f[iteration], losses_g[iteration] = values_f, values_g
             if not (np.isfinite(values_f).all() and np.isfinite(values_g).all()):
                 result.nonfinite_recoveries += 1
@@ -278,11 +310,15 @@ def train_minimax(
         f.load_state_dict(best_f)
         g.load_state_dict(best_g)
         values = np.asarray(check_values)
+        if shared:
+            values = np.repeat(values.mean(axis=1, keepdims=True), n_models, axis=1)
         quarter = [i for i, it in enumerate(checks) if it <= 0.75 * max(checks[-1], 1)]
         if quarter and len(quarter) < len(checks):
             before = values[quarter].min(axis=0)
             gain = (before - values.min(axis=0)) / np.maximum(np.abs(before), 1e-12)
             result.converged = gain <= CONVERGENCE_TOLERANCE
+    if before_step is not None:
+        before_step(None)
     result.history = {
         "loss_f": losses_f,
         "loss_g": losses_g,

@@ -1,0 +1,898 @@
+"""``ConditionalTransportMap``: one convex network for the OT maps of many conditions."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._convex_base import potential_gradient
+from ._factory import DEFAULT_HIDDEN, POTENTIALS, check_model_name
+from ._minimax import MinimaxSettings, StackedSamples, train_minimax, warm_start
+from ._selection import MAX_SCORED_CELLS, SHRINKAGE_GRID, choose_linear, choose_residual, fit_linear
+from ._utils import as_float_array, check_hidden, check_positive, make_generator, resolve_device
+from .conditional import ConditionalHyCNN, ConditionalICNN, ConditionalPotential, ConditionEncoder
+from .gaussian import check_shrinkage
+from .schedules import check_tau_schedule
+from .transport import (
+    DEFAULT_QUADRATIC,
+    DEFAULT_TAU,
+    MIN_GROUP_POINTS,
+    MIN_RESIDUAL_CELLS,
+    MIN_VALIDATION_POINTS,
+    WARM_START_LR,
+    _json_default,
+)
+
+FORMAT = "hycnn_sc.ConditionalTransportMap"
+FORMAT_VERSION = 1
+#: Most held-out points per condition and side in the validation energy distance.
+MAX_VALIDATION_POINTS = 500
+#: Floor of a standard deviation in the control-cell summary (standardised units).
+SUMMARY_FLOOR = 1e-3
+
+
+class Condition(NamedTuple):
+    """One condition: a perturbation label (``"A+B"`` for a combination), a context, a dose."""
+
+    perturbation: str
+    context: tuple[str, ...] = ()
+    dose: float | None = None
+
+
+class _Bound(nn.Module):
+    """A conditional potential bound to the table of training conditions (the loop's view).
+
+    ``forward(x)`` takes ``[m, n, d]`` points of the ``m`` active conditions (all when
+    ``active`` is None) and returns ``[m, n]``; contexts flagged in ``unknown`` are encoded
+    as unseen (context dropout), so the network learns to rely on the control-cell summary.
+    """
+
+    shares_parameters = True
+
+    def __init__(self, potential: ConditionalPotential, encoder: ConditionEncoder,
+                 table: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.potential = potential
+        self.encoder = encoder
+        for name, value in table.items():
+            self.register_buffer(name, value, persistent=False)
+        self.active: torch.Tensor | None = None
+        self.unknown: torch.Tensor | None = None
+
+    @property
+    def tau(self) -> float | None:
+        return self.potential.tau
+
+    @tau.setter
+    def tau(self, value: float) -> None:
+        self.potential.tau = value
+
+    full_quadratic = False
+
+    def conditions(self, rows: torch.Tensor | None = None,
+                   unknown: torch.Tensor | None = None) -> torch.Tensor:
+        """Condition vectors of the table's ``rows`` (all rows when None)."""
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows])
+        contexts = pick(self.contexts)
+        if unknown is not None:
+            contexts = contexts.masked_fill(unknown.unsqueeze(-1), 0)
+        return self.encoder(pick(self.singles), contexts, pick(self.summaries), pick(self.doses))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.potential(x, self.conditions(self.active, self.unknown))
+
+
+class ConditionalTransportMap:
+    """Squared-distance OT maps of many conditions from one partially input-convex network.
+
+    One potential ``f(x, c)``, convex in the cell state ``x`` for every condition vector ``c``
+    (:class:`~hycnn_sc.models.ConditionalHyCNN`), is trained with the minimax semi-dual on all
+    (source, target, condition) triples together; ``∇ₓf(·, c)`` maps a condition's source
+    (control) cells to its target cells. The condition vector is built by
+    :class:`~hycnn_sc.models.conditional.ConditionEncoder` from a learned embedding of every
+    single perturbation (a combination ``"A+B"`` is the sum of its singles'), a learned
+    embedding of every context covariate value (cell type, cell line, patient), a summary of the
+    context's own control cells, and an optional dose. It can therefore predict a combination
+    of seen singles, a perturbation in a context where it was not measured, and a new context
+    from its control cells alone.
+
+    Every condition is modelled relative to its context's control mean, in units of one common
+    scale. As in :class:`~hycnn_sc.models.TransportMap`, the map is a blend
+    ``(1 − λ) T_lin(c) + λ ∇f(·, c)`` with a linear part ``T_lin``: for a condition seen at fit
+    time its own (shrunk) Gaussian OT map; for an unseen one the average of the same
+    perturbation's linear maps in the other contexts (or doses) where it was measured, or else
+    the sum of its singles' mean shifts (the additive baseline). ``λ`` (``residual="auto"``) is
+    kept above 0 only when the network beats the linear parts on held-out cells of the training
+    conditions by more than 1.645 bootstrap standard errors.
+
+    Parameters
+    ----------
+    model
+        ``"hycnn"`` or ``"icnn"`` (the CondOT-style baseline).
+    hidden, tau
+        Widths and gate temperature of the convex network (as in ``TransportMap``).
+    condition_hidden
+        Widths of the condition MLP.
+    embedding_dim
+        Width of every learned embedding.
+    n_iters, inner_steps, lr, lr_final_fraction, lr_warmup_fraction, betas, tau_schedule, tau_final, tau_cycles
+        Optimisation, as in :class:`~hycnn_sc.models.TransportMap`.
+    batch_size
+        Points per condition and side in one step.
+    conditions_per_step
+        Conditions one step covers (drawn at random; all when there are fewer). One step
+        costs about ``conditions_per_step * batch_size`` points, whatever the number of
+        conditions.
+    warm_start, warm_start_iters
+        ``"gaussian"``: before the minimax, match ``∇f(·, c)`` to every seen condition's linear
+        part by gradient matching (``None``: no warm start).
+    shrinkage
+        ``γ`` of each condition's linear part (``"auto"``: chosen per condition on held-out
+        cells, as in ``TransportMap``).
+    residual
+        ``λ`` of the network, or ``"auto"``.
+    context_dropout
+        Probability that a step encodes a condition's context as unseen, so that the network
+        learns to predict a new context from its control-cell summary.
+    combination_sep
+        Separator of singles in a combination label.
+    validation_fraction
+        Share of every condition's cells held out to pick the best iterate and ``λ``.
+    validation_every
+        Iterations between validations (``None``: ``n_iters // 20``).
+    network_kwargs
+        Extra arguments of the convex network (``isotropic_quadratic`` defaults to 0.1).
+    device, seed, progress
+        As in ``TransportMap``.
+
+    Attributes
+    ----------
+    f_, g_ : ConditionalPotential
+        The trained potentials (``g_``: target → source).
+    encoder_f_, encoder_g_ : ConditionEncoder
+        Their condition encoders.
+    conditions_ : list of Condition
+        The training conditions, in order.
+    singles_ : list of str
+        Single perturbations seen (embedding vocabulary).
+    context_values_ : list of list of str
+        Seen values of each context covariate (vocabularies).
+    scale_ : float
+        Common scale of the standardised units.
+    residual_weight_ : float
+        The chosen ``λ``.
+    shrinkage_ : ndarray
+        ``γ`` of every training condition's linear part.
+    history_, best_iteration_, converged_, n_params_, seed_, selection_
+        As in ``TransportMap`` (one history for the shared network, mean over conditions).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> control = rng.normal(size=(300, 2))
+    >>> cmap = ConditionalTransportMap(n_iters=30, hidden=(8,), warm_start_iters=10, seed=0)
+    >>> cmap = cmap.fit([control] * 3, [control + [1, 0], control + [0, 1], control + [1, 1]],
+    ...                 ["A", "B", "A+B"])
+    >>> cmap.transport(control[:4], "A+B").shape
+    (4, 2)
+    """
+
+    def __init__(
+        self,
+        model: str = "hycnn",
+        hidden: Sequence[int] | None = None,
+        tau: float | None = None,
+        condition_hidden: Sequence[int] = (64,),
+        embedding_dim: int = 16,
+        n_iters: int = 1000,
+        inner_steps: int = 5,
+        batch_size: int = 128,
+        conditions_per_step: int = 4,
+        lr: float = 3e-3,
+        lr_final_fraction: float = 0.01,
+        lr_warmup_fraction: float = 0.1,
+        betas: tuple[float, float] = (0.5, 0.9),
+        tau_schedule: str | None = None,
+        tau_final: float = 0.0,
+        tau_cycles: int = 1,
+        warm_start: str | None = "gaussian",
+        warm_start_iters: int = 200,
+        shrinkage: float | Literal["auto"] = "auto",
+        residual: float | Literal["auto"] = "auto",
+        context_dropout: float = 0.2,
+        combination_sep: str = "+",
+        validation_fraction: float = 0.1,
+        validation_every: int | None = None,
+        network_kwargs: dict[str, Any] | None = None,
+        device: str = "auto",
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        for name, value in locals().items():
+            if name != "self":
+                setattr(self, name, value)
+
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor arguments, as scikit-learn's ``get_params``."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> ConditionalTransportMap:
+        """Set constructor arguments, as scikit-learn's ``set_params``."""
+        for name, value in params.items():
+            if name not in self._param_names():
+                raise ValueError(f"Unknown parameter {name!r}; valid: {self._param_names()}.")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items()}
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults.get(k)]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _resolved_hidden(self) -> tuple[int, ...]:
+        return check_hidden(DEFAULT_HIDDEN[self.model] if self.hidden is None else self.hidden)
+
+    def _resolved_tau(self) -> float | None:
+        if self.model == "hycnn":
+            return DEFAULT_TAU if self.tau is None else float(self.tau)
+        return self.tau
+
+    def _validate_params(self) -> None:
+        check_model_name(self.model, tuple(POTENTIALS))
+        self._resolved_hidden()
+        if len(self.condition_hidden):
+            check_hidden(self.condition_hidden)
+        if self.model == "hycnn":
+            check_positive(self._resolved_tau(), "tau", allow_zero=True)
+            check_tau_schedule(self.tau_schedule, self._resolved_tau(), self.tau_final, self.tau_cycles)
+        elif self.tau is not None or self.tau_schedule is not None:
+            raise ValueError("tau and tau_schedule only apply to model='hycnn'; leave them None.")
+        for name in ("n_iters", "inner_steps", "batch_size", "conditions_per_step", "embedding_dim"):
+            check_positive(getattr(self, name), name, integer=True)
+        check_positive(self.warm_start_iters, "warm_start_iters", integer=True, allow_zero=True)
+        check_positive(self.lr, "lr")
+        if not 0 < self.lr_final_fraction <= 1:
+            raise ValueError(f"lr_final_fraction must lie in (0, 1], got {self.lr_final_fraction!r}.")
+        if not 0 <= self.lr_warmup_fraction < 1:
+            raise ValueError(f"lr_warmup_fraction must lie in [0, 1), got {self.lr_warmup_fraction!r}.")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}.")
+        if self.warm_start not in ("gaussian", None):
+            raise ValueError(f"warm_start must be 'gaussian' or None, got {self.warm_start!r}.")
+        for name, meaning in (("shrinkage", "0: Gaussian OT map, 1: mean shift"),
+                              ("residual", "0: the linear map, 1: the network alone")):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                if value != "auto":
+                    raise ValueError(f"{name} must be 'auto' or a number in [0, 1] ({meaning}), got {value!r}.")
+            else:
+                check_shrinkage(value, name, meaning)
+        if isinstance(self.context_dropout, bool) or not (
+                isinstance(self.context_dropout, (int, float)) and 0 <= self.context_dropout < 1):
+            raise ValueError(f"context_dropout must lie in [0, 1), got {self.context_dropout!r}.")
+        if not isinstance(self.combination_sep, str) or not self.combination_sep:
+            raise ValueError(f"combination_sep must be a non-empty string, got {self.combination_sep!r}.")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction!r}.")
+        if self.validation_every is not None:
+            check_positive(self.validation_every, "validation_every", integer=True)
+        if self.network_kwargs is not None and not isinstance(self.network_kwargs, dict):
+            raise TypeError(f"network_kwargs must be a dict or None, got {self.network_kwargs!r}.")
+        resolve_device(self.device)
+
+    # ------------------------------------------------------------------ conditions
+    def split_singles(self, perturbation: str) -> list[str]:
+        """The singles of a perturbation label (``"A+B"`` → ``["A", "B"]``), sorted, unique."""
+        parts = [p.strip() for p in str(perturbation).split(self.combination_sep)]
+        if any(not p for p in parts):
+            raise ValueError(
+                f"Perturbation {perturbation!r} has an empty single between separators "
+                f"{self.combination_sep!r}."
+            )
+        return sorted(set(parts))
+
+    def canonical(self, perturbation: str) -> str:
+        """The label with its singles sorted (``"B+A"`` and ``"A+B"`` are one combination)."""
+        return self.combination_sep.join(self.split_singles(perturbation))
+
+    def _check_conditions(self, n: int, perturbations, contexts, doses) -> list[Condition]:
+        if len(perturbations) != n:
+            raise ValueError(f"perturbations needs one label per pair ({n}), got {len(perturbations)}.")
+        contexts = [()] * n if contexts is None else [tuple(str(v) for v in c) for c in contexts]
+        if len(contexts) != n or len({len(c) for c in contexts}) > 1:
+            raise ValueError(
+                f"contexts needs one tuple of covariate values per pair ({n}), all of the same "
+                "length."
+            )
+        if doses is not None:
+            if len(doses) != n:
+                raise ValueError(f"doses needs one number per pair ({n}), got {len(doses)}.")
+            try:
+                doses = [float(d) for d in doses]
+            except (TypeError, ValueError):
+                raise TypeError(f"doses must be numbers, got {list(doses)[:5]}.") from None
+            if not all(math.isfinite(d) for d in doses):
+                raise ValueError("doses must be finite numbers (no NaN or inf).")
+        conditions = [Condition(self.canonical(p), c, None if doses is None else doses[k])
+                      for k, (p, c) in enumerate(zip(perturbations, contexts, strict=True))]
+        if len(set(conditions)) < n:
+            raise ValueError("Two pairs have the same perturbation, context and dose; merge them.")
+        return conditions
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, sources: Sequence[Any], targets: Sequence[Any], perturbations: Sequence[str],
+            *, contexts: Sequence[Sequence[str]] | None = None,
+            doses: Sequence[float] | None = None) -> ConditionalTransportMap:
+        """Learn the maps of all conditions with one network.
+
+        Parameters
+        ----------
+        sources, targets
+            One (source, target) pair of ``[n, d]`` arrays per condition. ``sources[k]`` are
+            the control cells of condition ``k``'s context (pass the same array object for
+            conditions sharing a context: it is held out and summarised once).
+        perturbations
+            Label of every condition; combinations join singles with ``combination_sep``.
+        contexts
+            Optional tuple of context covariate values per condition (e.g. ``("K562",)``).
+        doses
+            Optional dose (e.g. log-dose) per condition.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        n = len(sources)
+        if n == 0 or len(targets) != n:
+            raise ValueError(f"sources and targets must be equally long, non-empty lists; got {n} and {len(targets)}.")
+        conditions = self._check_conditions(n, perturbations, contexts, doses)
+        device = resolve_device(self.device)
+        generator, seed = make_generator(self.seed)
+        rng = np.random.default_rng(seed)
+        arrays = _convert_pairs(sources, targets)
+        context_keys = [c.context for c in conditions]
+        context_list = list(dict.fromkeys(context_keys))
+        means = {}
+        for k, key in enumerate(context_keys):
+            means.setdefault(key, arrays[k][0].mean(axis=0, dtype=np.float64))
+        centred = [(s - means[key], t - means[key]) for (s, t), key in zip(arrays, context_keys, strict=True)]
+        pooled = np.concatenate([np.concatenate(pair) for pair in centred])
+        scale = math.sqrt(float(pooled.var(axis=0).mean()))
+        if not math.isfinite(scale) or scale <= 1e-12:
+            raise ValueError("The pairs have (near) zero variance: there is nothing to transport.")
+        standard = [((s / scale).astype(np.float32), (t / scale).astype(np.float32)) for s, t in centred]
+        summaries = {key: _summary(standard[context_keys.index(key)][0]) for key in context_list}
+
+        # Held-out rows: one split per distinct source array (shared controls split once).
+        source_masks: dict[int, np.ndarray] = {}
+        masks = []
+        for k, (s, t) in enumerate(standard):
+            ident = id(sources[k])
+            if ident not in source_masks:
+                source_masks[ident] = _held_mask(len(s), self.validation_fraction, rng)
+            masks.append((source_masks[ident], _held_mask(len(t), self.validation_fraction, rng)))
+
+        shrinkages = SHRINKAGE_GRID if self.shrinkage == "auto" else (float(self.shrinkage),)
+        linear_train, linear_all, chosen, record = [], [], [], {}
+        for (s, t), (held_s, held_t) in zip(standard, masks, strict=True):
+            _, gamma, _ = choose_linear(s, t, frames=("global",), shrinkages=shrinkages,
+                                        source_labels=None, target_labels=None,
+                                        held_source=held_s, held_target=held_t, rng=rng)
+            chosen.append(gamma)
+            linear_all.append(fit_linear(s, t, gamma))
+            train = (s[~held_s], t[~held_t])
+            linear_train.append(fit_linear(*train, gamma) if min(map(len, train)) >= 2 else linear_all[-1])
+
+        self.singles_ = sorted({s for c in conditions for s in self.split_singles(c.perturbation)})
+        n_covariates = len(context_keys[0])
+        self.context_values_ = [sorted({key[j] for key in context_keys}) for j in range(n_covariates)]
+        self.conditions_ = conditions
+        self.scale_ = scale
+        self.context_means_ = {key: means[key] for key in context_list}
+        self.context_summaries_ = summaries
+        self.in_features_ = standard[0][0].shape[1]
+        self.linear_ = [_affine(lin) for lin in linear_all]
+        self.shrinkage_ = np.asarray(chosen, dtype=float)
+        self.shift_ = np.stack([t.mean(axis=0) - s.mean(axis=0) for s, t in standard]).astype(np.float64)
+        self.seed_ = seed
+        self.device_ = str(device)
+        self._build(device, generator)
+
+        train_network = self.residual != 0
+        f, g = self._bound("f"), self._bound("g")
+        source = StackedSamples([s[~m[0]] if (~m[0]).sum() >= 2 else s
+                                 for (s, _), m in zip(standard, masks, strict=True)], device)
+        target = StackedSamples([t[~m[1]] if (~m[1]).sum() >= 2 else t
+                                 for (_, t), m in zip(standard, masks, strict=True)], device)
+        draw = self._condition_sampler(f, g, source, target, generator)
+        if train_network and self.warm_start == "gaussian" and self.warm_start_iters > 0:
+            self._warm_start(f, g, source, target, draw, generator, linear_train)
+        held = [(s[m[0]] if m[0].sum() >= MIN_VALIDATION_POINTS else s,
+                 t[m[1]] if m[1].sum() >= MIN_VALIDATION_POINTS else t)
+                for (s, t), m in zip(standard, masks, strict=True)]
+        validation = None
+        if self.validation_fraction > 0:
+            validation = (StackedSamples([s[:MAX_VALIDATION_POINTS] for s, _ in held], device),
+                          [torch.as_tensor(t[:MAX_VALIDATION_POINTS], device=device) for _, t in held])
+        tau = self._resolved_tau()
+        settings = MinimaxSettings(
+            n_iters=self.n_iters if train_network else 0, inner_steps=self.inner_steps,
+            batch_size=self.batch_size, lr=self.lr, lr_final_fraction=self.lr_final_fraction,
+            lr_warmup_fraction=self.lr_warmup_fraction, betas=tuple(self.betas),
+            validation_every=self.validation_every or max(self.n_iters // 20, 1),
+            tau=tau if self.model == "hycnn" else None, tau_schedule=self.tau_schedule,
+            tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
+        )
+        result = train_minimax(f, g, source, target, settings, generator, validation, draw)
+        self.history_ = {name: values.mean(axis=1) if values.ndim == 2 else values
+                         for name, values in result.history.items()}
+        self.best_iteration_ = int(result.best_iteration[0])
+        self.converged_ = bool(result.converged.all())
+        self.interrupted_ = bool(result.interrupted)
+        self.n_params_ = int(sum(p.numel() for p in f.parameters()))
+        if train_network and validation is not None and not self.converged_:
+            warnings.warn(
+                "The mean validation energy distance over conditions was still falling by more "
+                "than 5% in the last quarter of training; consider increasing n_iters.",
+                RuntimeWarning, stacklevel=2,
+            )
+        self.selection_ = {"shrinkage_per_condition": [float(v) for v in chosen], **record}
+        self.residual_weight_ = self._choose_residual(held, linear_train, train_network, rng)
+        return self
+
+    def _build(self, device: torch.device, generator: torch.Generator) -> None:
+        """Create encoders and potentials (seeded) for the fitted vocabularies."""
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        kwargs = {"isotropic_quadratic": DEFAULT_QUADRATIC, **(self.network_kwargs or {})}
+        for prefix in ("f", "g"):
+            encoder = ConditionEncoder(
+                len(self.singles_), [len(v) for v in self.context_values_],
+                summary_features=2 * self.in_features_ if self.context_values_ else 0,
+                dose=self.conditions_[0].dose is not None, embedding_dim=self.embedding_dim,
+            )
+            if self.model == "hycnn":
+                potential = ConditionalHyCNN(self.in_features_, encoder.out_features, self._resolved_hidden(),
+                                             self._resolved_tau(), self.condition_hidden, **kwargs)
+            else:
+                potential = ConditionalICNN(self.in_features_, encoder.out_features, self._resolved_hidden(),
+                                            self.condition_hidden, **kwargs)
+            potential.body.reset_parameters(generator)
+            setattr(self, f"encoder_{prefix}_", encoder.to(device))
+            setattr(self, f"{prefix}_", potential.to(device))
+
+    def _bound(self, prefix: str, rows: list[Condition] | None = None,
+               summaries: np.ndarray | None = None) -> _Bound:
+        """The ``f`` or ``g`` potential bound to condition rows (the training table by default)."""
+        rows = self.conditions_ if rows is None else rows
+        table = self._table(rows, summaries)
+        potential, encoder = getattr(self, f"{prefix}_"), getattr(self, f"encoder_{prefix}_")
+        device = next(potential.parameters()).device
+        return _Bound(potential, encoder, {k: v.to(device) for k, v in table.items()})
+
+    def _table(self, rows: list[Condition], summaries: np.ndarray | None) -> dict[str, torch.Tensor]:
+        singles = np.zeros((len(rows), len(self.singles_)), dtype=np.float32)
+        index = {s: i for i, s in enumerate(self.singles_)}
+        for r, condition in enumerate(rows):
+            for single in self.split_singles(condition.perturbation):
+                if single not in index:
+                    raise ValueError(
+                        f"Perturbation {condition.perturbation!r} contains {single!r}, which was "
+                        f"never seen at fit time (alone or in a combination); seen singles: "
+                        f"{self.singles_[:20]}{' ...' if len(self.singles_) > 20 else ''}."
+                    )
+                singles[r, index[single]] = 1.0
+        contexts = np.zeros((len(rows), len(self.context_values_)), dtype=np.int64)
+        for r, condition in enumerate(rows):
+            for j, value in enumerate(condition.context):
+                known = self.context_values_[j]
+                contexts[r, j] = known.index(value) + 1 if value in known else 0
+        if summaries is None:
+            summaries = np.stack([self.context_summaries_[c.context] for c in rows])
+        doses = np.asarray([c.dose if c.dose is not None else 0.0 for c in rows], dtype=np.float32)
+        return {"singles": torch.as_tensor(singles), "contexts": torch.as_tensor(contexts),
+                "summaries": torch.as_tensor(summaries, dtype=torch.float32),
+                "doses": torch.as_tensor(doses)}
+
+    def _condition_sampler(self, f: _Bound, g: _Bound, source: StackedSamples,
+                           target: StackedSamples, generator: torch.Generator):
+        """The per-step hook: draw the conditions (and context dropout) of one step."""
+        n = len(self.conditions_)
+        per_step = min(self.conditions_per_step, n)
+        has_context = bool(self.context_values_)
+
+        def draw(step: int | None) -> None:
+            if step is None:
+                active = unknown = None
+            else:
+                active = torch.randperm(n, generator=generator)[:per_step].sort().values
+                unknown = (torch.rand(per_step, generator=generator) < self.context_dropout
+                           if has_context and self.context_dropout > 0 else None)
+            device = f.singles.device
+            for module in (f, g):
+                module.active = None if active is None else active.to(device)
+                module.unknown = None if unknown is None else unknown.to(device)
+            for samples in (source, target):
+                samples.active = active
+        draw.per_step = per_step
+        return draw
+
+    def _warm_start(self, f: _Bound, g: _Bound, source: StackedSamples, target: StackedSamples,
+                    draw, generator: torch.Generator, linears) -> None:
+        device = f.singles.device
+        forward = [_affine(lin) for lin in linears]
+        backward = [_affine(lin, inverse=True) for lin in linears]
+        stacks = {}
+        for name, maps in (("f", forward), ("g", backward)):
+            stacks[name] = (torch.as_tensor(np.stack([m[0] for m in maps]), dtype=torch.float32, device=device),
+                            torch.as_tensor(np.stack([m[1] for m in maps]), dtype=torch.float32, device=device))
+
+        def target_map(name: str, module: _Bound):
+            def apply(points: torch.Tensor) -> torch.Tensor:
+                matrix, offset = stacks[name]
+                if module.active is not None:
+                    matrix, offset = matrix[module.active], offset[module.active]
+                return points @ matrix + offset.unsqueeze(1)
+            return apply
+
+        options = dict(n_steps=self.warm_start_iters, batch_size=self.batch_size,
+                       lr=WARM_START_LR, generator=generator, before_step=draw)
+        warm_start(f, source, target_map("f", f), **options)
+        warm_start(g, target, target_map("g", g), **options)
+
+    def _choose_residual(self, held, linear_train, train_network: bool,
+                         rng: np.random.Generator) -> float:
+        if self.residual != "auto":
+            return float(self.residual)
+        if not train_network or self.validation_fraction == 0:
+            return 1.0 if train_network else 0.0
+        n_held = sum(min(len(s), len(t)) for s, t in held)
+        if n_held < MIN_RESIDUAL_CELLS:
+            self.selection_["residual_note"] = (
+                f"fewer than {MIN_RESIDUAL_CELLS} held-out points a side: the linear parts are kept")
+            return 0.0
+        per_condition = max(MAX_SCORED_CELLS // len(held), 2)
+        linear, network, observed = [], [], []
+        f = self._bound("f")
+        for k, ((s, t), lin) in enumerate(zip(held, linear_train, strict=True)):
+            rows_s = rng.permutation(len(s))[:per_condition]
+            rows_t = rng.permutation(len(t))[:per_condition]
+            points = torch.as_tensor(s[rows_s], device=f.singles.device).unsqueeze(0)
+            f.active = torch.tensor([k], device=f.singles.device)
+            network.append(potential_gradient(f, points)[0].detach().cpu().numpy().astype(np.float64))
+            linear.append(lin.transport(s[rows_s].astype(np.float64)))
+            observed.append(t[rows_t].astype(np.float64))
+        weight, record = choose_residual(np.concatenate(linear), np.concatenate(network),
+                                         np.concatenate(observed), rng)
+        self.selection_.update(record)
+        return weight
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "f_"):
+            raise RuntimeError(
+                f"This {type(self).__name__} is not fitted yet: call fit(...) first (or load(path))."
+            )
+
+    def condition(self, perturbation: str, context: Sequence[str] | None = None,
+                  dose: float | None = None) -> Condition:
+        """The :class:`Condition` of a query, checked against what was seen at fit time."""
+        self._check_fitted()
+        context = tuple(str(v) for v in (context or ()))
+        if len(context) != len(self.context_values_):
+            raise ValueError(
+                f"This map was fitted with {len(self.context_values_)} context covariate(s); got "
+                f"context={context!r}."
+            )
+        with_dose = self.conditions_[0].dose is not None
+        if with_dose and dose is None:
+            raise ValueError("This map was fitted with doses: pass dose=.")
+        if not with_dose and dose is not None:
+            raise ValueError("This map was fitted without doses: leave dose=None.")
+        if dose is not None:
+            dose = float(dose)
+            if not math.isfinite(dose):
+                raise ValueError(f"dose must be a finite number, got {dose!r}.")
+        condition = Condition(self.canonical(perturbation), context, dose)
+        self._table([condition], np.zeros((1, 2 * self.in_features_ if self.context_values_ else 0)))
+        return condition
+
+    def linear_part(self, condition: Condition) -> tuple[np.ndarray, np.ndarray, str]:
+        """``(A, b, kind)`` of the linear part ``x ↦ x A + b`` (standardised, context-centred).
+
+        ``kind`` is ``"seen"`` (the condition's own map), ``"transfer"`` (the average of the
+        same perturbation's maps in other contexts or doses) or ``"additive"`` (the identity
+        plus the sum of the singles' mean shifts, each averaged over the contexts where the
+        single was measured alone, preferring the query's context).
+        """
+        if condition in self.conditions_:
+            matrix, offset = self.linear_[self.conditions_.index(condition)]
+            return matrix, offset, "seen"
+        same = [k for k, c in enumerate(self.conditions_) if c.perturbation == condition.perturbation]
+        if same:
+            return (np.mean([self.linear_[k][0] for k in same], axis=0),
+                    np.mean([self.linear_[k][1] for k in same], axis=0), "transfer")
+        shift = np.zeros(self.in_features_)
+        for single in self.split_singles(condition.perturbation):
+            rows = [k for k, c in enumerate(self.conditions_) if c.perturbation == single]
+            local = [k for k in rows if self.conditions_[k].context == condition.context]
+            if local or rows:
+                shift += self.shift_[local or rows].mean(axis=0)
+        return np.eye(self.in_features_), shift, "additive"
+
+    def _frame(self, array: np.ndarray, condition: Condition) -> tuple[np.ndarray, np.ndarray]:
+        """Centre (the context's control mean) and summary of the query's context."""
+        if condition.context in self.context_means_:
+            return self.context_means_[condition.context], self.context_summaries_[condition.context]
+        if len(array) < MIN_GROUP_POINTS:
+            raise ValueError(
+                f"Context {condition.context!r} was not seen at fit time, so it is encoded from "
+                f"the cells passed: {len(array)} row(s), at least {MIN_GROUP_POINTS} needed. Pass "
+                "all control cells of the new context together."
+            )
+        centre = array.mean(axis=0, dtype=np.float64)
+        return centre, _summary(((array - centre) / self.scale_).astype(np.float32))
+
+    def _apply(self, prefix: str, data, perturbation, context, dose, name: str) -> np.ndarray:
+        self._check_fitted()
+        array = as_float_array(data, name, n_features=self.in_features_)
+        condition = self.condition(perturbation, context, dose)
+        centre, summary = self._frame(array, condition)
+        standard = (array - centre) / self.scale_
+        weight = float(self.residual_weight_)
+        out = np.zeros_like(standard, dtype=np.float64)
+        if weight > 0:
+            bound = self._bound(prefix, [condition], summary[None])
+            points = torch.as_tensor(standard, dtype=torch.float32,
+                                     device=bound.singles.device).unsqueeze(0)
+            out += weight * potential_gradient(bound, points)[0].detach().cpu().numpy()
+        if weight < 1:
+            matrix, offset, _ = self.linear_part(condition)
+            if prefix == "g":
+                matrix, offset = _invert(matrix, offset)
+            out += (1 - weight) * (standard @ matrix + offset)
+        return (centre + self.scale_ * out).astype(np.float32)
+
+    def transport(self, x, perturbation: str, *, context: Sequence[str] | None = None,
+                  dose: float | None = None) -> np.ndarray:
+        """Predict the perturbed state of control cells ``x`` of one context.
+
+        Parameters
+        ----------
+        x
+            ``[n, d]`` control cells of one context (all of them for a context not seen at fit
+            time: it is encoded from their summary and they are moved relative to their mean).
+        perturbation
+            Any label whose singles were seen at fit time (unseen combinations included).
+        context
+            The context's covariate values (as at fit time).
+        dose
+            The dose, for maps fitted with doses.
+        """
+        return self._apply("f", x, perturbation, context, dose, "x")
+
+    def inverse(self, y, perturbation: str, *, context: Sequence[str] | None = None,
+                dose: float | None = None) -> np.ndarray:
+        """Map perturbed cells back (``∇g`` blended with the inverse linear part).
+
+        The context must have been seen at fit time (its control mean is the frame).
+        """
+        condition = self.condition(perturbation, context, dose)
+        if condition.context not in self.context_means_:
+            raise ValueError(f"inverse needs a context seen at fit time, got {condition.context!r}.")
+        return self._apply("g", y, perturbation, context, dose, "y")
+
+    def at(self, perturbation: str, context: Sequence[str] | None = None,
+           dose: float | None = None) -> FixedConditionMap:
+        """The map of one condition, with the ``transport``/``inverse`` interface of ``TransportMap``."""
+        return FixedConditionMap(self, self.condition(perturbation, context, dose))
+
+    # ------------------------------------------------------------------ persistence
+    def get_state(self) -> dict[str, Any]:
+        """JSON-able metadata and numpy arrays that rebuild the fitted map (no pickles)."""
+        self._check_fitted()
+        arrays: dict[str, np.ndarray] = {}
+        for prefix in ("f", "g"):
+            for part, module in (("potential", getattr(self, f"{prefix}_")),
+                                 ("encoder", getattr(self, f"encoder_{prefix}_"))):
+                for name, value in module.state_dict().items():
+                    arrays[f"{prefix}/{part}/{name}"] = value.detach().cpu().numpy()
+        arrays["linear/matrix"] = np.stack([m for m, _ in self.linear_])
+        arrays["linear/offset"] = np.stack([b for _, b in self.linear_])
+        arrays["shift"] = self.shift_
+        arrays["shrinkage"] = self.shrinkage_
+        contexts = list(self.context_means_)
+        arrays["context/means"] = np.stack([self.context_means_[c] for c in contexts])
+        arrays["context/summaries"] = np.stack([self.context_summaries_[c] for c in contexts])
+        for name, value in self.history_.items():
+            arrays[f"history/{name}"] = np.asarray(value)
+        params = self.get_params()
+        params["hidden"] = list(self._resolved_hidden())
+        params["condition_hidden"] = list(params["condition_hidden"])
+        params["betas"] = list(params["betas"])
+        fitted = {
+            "conditions_": [[c.perturbation, list(c.context), c.dose] for c in self.conditions_],
+            "contexts_": [list(c) for c in contexts],
+            "singles_": self.singles_, "context_values_": self.context_values_,
+            "in_features_": self.in_features_, "scale_": self.scale_, "seed_": self.seed_,
+            "n_params_": self.n_params_, "best_iteration_": self.best_iteration_,
+            "converged_": self.converged_, "interrupted_": self.interrupted_,
+            "residual_weight_": self.residual_weight_, "selection_": self.selection_,
+            "tau_": self.f_.tau,
+        }
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "params": params,
+                "fitted": fitted, "arrays": arrays}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, device: str = "auto") -> ConditionalTransportMap:
+        """Rebuild a fitted map from :meth:`get_state` output."""
+        try:
+            if state["format"] != FORMAT:
+                raise ValueError(f"not a {FORMAT} state (format={state['format']!r})")
+            if int(state["format_version"]) > FORMAT_VERSION:
+                raise ValueError("written by a newer hycnn_sc; upgrade hycnn_sc")
+            params, fitted, arrays = dict(state["params"]), dict(state["fitted"]), state["arrays"]
+            params["hidden"] = tuple(int(w) for w in params["hidden"])
+            params["condition_hidden"] = tuple(int(w) for w in params["condition_hidden"])
+            params["betas"] = tuple(float(b) for b in params["betas"])
+            params["device"] = device
+            cmap = cls(**params)
+            cmap._validate_params()
+            cmap.conditions_ = [Condition(str(p), tuple(str(v) for v in c),
+                                          None if d is None else float(d))
+                                for p, c, d in fitted["conditions_"]]
+            cmap.singles_ = [str(s) for s in fitted["singles_"]]
+            cmap.context_values_ = [[str(v) for v in values] for values in fitted["context_values_"]]
+            cmap.in_features_ = int(fitted["in_features_"])
+            cmap.scale_ = float(fitted["scale_"])
+            contexts = [tuple(str(v) for v in c) for c in fitted["contexts_"]]
+            means, summaries = np.asarray(arrays["context/means"]), np.asarray(arrays["context/summaries"])
+            cmap.context_means_ = {c: means[i].astype(np.float64) for i, c in enumerate(contexts)}
+            cmap.context_summaries_ = {c: summaries[i].astype(np.float32) for i, c in enumerate(contexts)}
+            matrices, offsets = np.asarray(arrays["linear/matrix"]), np.asarray(arrays["linear/offset"])
+            cmap.linear_ = [(matrices[k].astype(np.float64), offsets[k].astype(np.float64))
+                            for k in range(len(cmap.conditions_))]
+            cmap.shift_ = np.asarray(arrays["shift"], dtype=np.float64)
+            cmap.shrinkage_ = np.asarray(arrays["shrinkage"], dtype=float)
+            for name in ("seed_", "n_params_", "best_iteration_"):
+                setattr(cmap, name, int(fitted[name]))
+            cmap.converged_ = bool(fitted["converged_"])
+            cmap.interrupted_ = bool(fitted["interrupted_"])
+            cmap.residual_weight_ = float(fitted["residual_weight_"])
+            cmap.selection_ = dict(fitted["selection_"])
+            cmap.history_ = {name[len("history/"):]: np.asarray(value)
+                             for name, value in arrays.items() if name.startswith("history/")}
+            resolved = resolve_device(device)
+            cmap._build(resolved, torch.Generator().manual_seed(0))
+            for prefix in ("f", "g"):
+                for part, module in (("potential", getattr(cmap, f"{prefix}_")),
+                                     ("encoder", getattr(cmap, f"encoder_{prefix}_"))):
+                    start = f"{prefix}/{part}/"
+                    module.load_state_dict({name[len(start):]: torch.as_tensor(np.asarray(value))
+                                            for name, value in arrays.items() if name.startswith(start)})
+                if fitted.get("tau_") is not None:
+                    getattr(cmap, f"{prefix}_").tau = float(fitted["tau_"])
+            cmap.device_ = str(resolved)
+        except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, IndexError) as error:
+            raise ValueError(
+                f"Cannot rebuild a ConditionalTransportMap from this state: {error}. It is "
+                "truncated, tampered with or was not written by hycnn_sc; refit the map."
+            ) from None
+        return cmap
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Save to directory ``path``: ``params.json`` and ``weights.pt`` (tensors only)."""
+        state = self.get_state()
+        directory = Path(path)
+        if directory.exists() and not overwrite:
+            raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {name: torch.as_tensor(value) for name, value in state.pop("arrays").items()}
+        torch.save(tensors, directory / "weights.pt")
+        (directory / "params.json").write_text(json.dumps(state, indent=2, default=_json_default))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str = "auto") -> ConditionalTransportMap:
+        """Load a map written by :meth:`save` (``torch.load(weights_only=True)``)."""
+        directory = Path(path)
+        if not (directory / "params.json").is_file() or not (directory / "weights.pt").is_file():
+            raise FileNotFoundError(f"{directory} does not hold a saved ConditionalTransportMap.")
+        state = json.loads((directory / "params.json").read_text())
+        tensors = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+        state["arrays"] = {name: value.numpy() for name, value in tensors.items()}
+        return cls.from_state(state, device=device)
+
+
+class FixedConditionMap:
+    """One condition of a :class:`ConditionalTransportMap`, with ``TransportMap``'s interface.
+
+    ``transport(x)`` and ``inverse(y)`` apply the conditional map at the fixed condition
+    (``groups`` and ``batch_size`` are accepted for compatibility and not used).
+    """
+
+    def __init__(self, parent: ConditionalTransportMap, condition: Condition) -> None:
+        self.parent = parent
+        self.condition = condition
+        self.residual_weight_ = parent.residual_weight_
+        self.linear_kind_ = parent.linear_part(condition)[2]
+        self.history_ = parent.history_
+        self.frame_ = "context"
+        index = parent.conditions_.index(condition) if condition in parent.conditions_ else None
+        self.shrinkage_ = math.nan if index is None else float(parent.shrinkage_[index])
+
+    def transport(self, x, *, groups=None, batch_size: int | None = None,
+                  progress: bool | None = None) -> np.ndarray:
+        """Map control cells to the condition's predicted perturbed cells."""
+        c = self.condition
+        return self.parent.transport(x, c.perturbation, context=c.context, dose=c.dose)
+
+    def inverse(self, y, *, groups=None, batch_size: int | None = None,
+                progress: bool | None = None) -> np.ndarray:
+        """Map perturbed cells back to controls."""
+        c = self.condition
+        return self.parent.inverse(y, c.perturbation, context=c.context, dose=c.dose)
+
+
+# ---------------------------------------------------------------------- helpers
+def _convert_pairs(sources, targets) -> list[tuple[np.ndarray, np.ndarray]]:
+    converted: dict[int, np.ndarray] = {}
+
+    def convert(array, name):
+        if id(array) not in converted:
+            converted[id(array)] = as_float_array(array, name).astype(np.float64)
+        return converted[id(array)]
+
+    pairs = []
+    for k, (source, target) in enumerate(zip(sources, targets, strict=True)):
+        s, t = convert(source, f"sources[{k}]"), convert(target, f"targets[{k}]")
+        if s.shape[1] != t.shape[1] or (pairs and s.shape[1] != pairs[0][0].shape[1]):
+            raise ValueError("Every source and target must have the same number of features.")
+        for array, name in ((s, "sources"), (t, "targets")):
+            if len(array) < 2:
+                raise ValueError(f"{name}[{k}] needs at least 2 points, got {len(array)}.")
+        pairs.append((s, t))
+    return pairs
+
+
+def _summary(standard: np.ndarray) -> np.ndarray:
+    """Permutation-invariant summary of control cells: mean and log standard deviation."""
+    std = np.maximum(standard.std(axis=0), SUMMARY_FLOOR)
+    return np.concatenate([standard.mean(axis=0), np.log(std)]).astype(np.float32)
+
+
+def _held_mask(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    mask = np.zeros(n, bool)
+    n_held = round(fraction * n)
+    if n_held >= MIN_VALIDATION_POINTS and n - n_held >= 2:
+        mask[rng.permutation(n)[:n_held]] = True
+    return mask
+
+
+def _affine(linear, inverse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, b)`` with ``T(x) = x A + b`` of a :class:`GaussianTransportMap` (or its inverse)."""
+    m0, m1 = linear.mean_source_, linear.mean_target_
+    if inverse:
+        matrix = linear.inverse_matrix_
+        return matrix, m0 - m1 @ matrix
+    matrix = linear.matrix_
+    return matrix, m1 - m0 @ matrix
+
+
+def _invert(matrix: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    inverse = np.linalg.inv(matrix)
+    return inverse, -offset @ inverse

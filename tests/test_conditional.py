@@ -1,0 +1,192 @@
+"""Conditional potentials and ConditionalTransportMap: convexity laws, conditions, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hycnn_sc.models import (
+    ConditionalHyCNN,
+    ConditionalICNN,
+    ConditionalTransportMap,
+    potential_gradient,
+)
+from hycnn_sc.models.conditional import ConditionEncoder
+
+
+def _randomise(potential: torch.nn.Module, seed: int) -> None:
+    """Move every parameter away from its (zero) start so the condition really acts."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in potential.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    width=st.integers(2, 12), depth=st.integers(1, 4), tau=st.sampled_from([0.0, 0.1, 1.0]),
+    n_conditions=st.integers(1, 3), seed=st.integers(0, 10_000),
+    family=st.sampled_from(["hycnn", "icnn"]),
+)
+def test_convex_in_x_for_every_condition(width, depth, tau, n_conditions, seed, family):
+    torch.manual_seed(seed)
+    d, c = 3, 4
+    if family == "hycnn":
+        f = ConditionalHyCNN(d, c, hidden=(width,) * depth, tau=tau, condition_hidden=(8,))
+    else:
+        f = ConditionalICNN(d, c, hidden=(width,) * depth, condition_hidden=(8,), activation="softplus")
+    _randomise(f, seed)
+    f = f.double()
+    condition = torch.randn(n_conditions, c, dtype=torch.float64) * 2
+    x, y = torch.randn(2, n_conditions, 64, d, dtype=torch.float64)
+    t = torch.rand(n_conditions, 64, 1, dtype=torch.float64)
+    with torch.no_grad():
+        mixed = f(t * x + (1 - t) * y, condition)
+        chord = t.squeeze(-1) * f(x, condition) + (1 - t.squeeze(-1)) * f(y, condition)
+    assert (mixed <= chord + 1e-9 * (1 + chord.abs())).all()  # Jensen
+    def at_condition(points):
+        return f(points, condition)
+
+    gx, gy = potential_gradient(at_condition, x), potential_gradient(at_condition, y)
+    assert (((gx - gy) * (x - y)).sum(-1) >= -1e-9).all()  # monotone gradient
+
+
+def test_condition_changes_the_potential_and_starts_neutral():
+    f = ConditionalHyCNN(3, 2, hidden=(8, 8), tau=0.5)
+    x = torch.randn(10, 3)
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 5.0])
+    assert torch.allclose(f(x, a), f(x, b))  # zero-initialised heads: f(., c) = body
+    _randomise(f, 0)
+    assert not torch.allclose(f(x, a), f(x, b))
+
+
+def test_condition_shape_errors():
+    f = ConditionalHyCNN(3, 2, hidden=(8,), tau=0.5)
+    with pytest.raises(ValueError, match="condition vectors of length 2"):
+        f(torch.randn(5, 3), torch.zeros(3))
+    with pytest.raises(ValueError, match="one condition per leading index"):
+        f(torch.randn(2, 5, 3), torch.zeros(3, 2))
+
+
+def test_encoder_sums_the_singles_of_a_combination():
+    encoder = ConditionEncoder(3, [], summary_features=0, dose=False, embedding_dim=4)
+    singles = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 1.0, 0]])
+    codes = encoder(singles, torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, 0), None)
+    assert torch.allclose(codes[2], codes[0] + codes[1])
+
+
+# ---------------------------------------------------------------------- the estimator
+FAST = dict(n_iters=40, hidden=(16, 16), warm_start_iters=30, seed=0, batch_size=64)
+
+
+def _three_conditions(rng):
+    control = rng.normal(size=(300, 4))
+    shifts = {"A": [2, 0, 0, 0], "B": [0, 2, 0, 0], "A+B": [2, 2, 0, 0]}
+    targets = [rng.normal(size=(250, 4)) + s for s in shifts.values()]
+    return control, list(shifts), targets
+
+
+def test_fit_transport_seen_and_unseen_conditions():
+    rng = np.random.default_rng(0)
+    control, labels, targets = _three_conditions(rng)
+    cmap = ConditionalTransportMap(**FAST).fit([control] * 3, targets, labels)
+    assert cmap.singles_ == ["A", "B"]
+    assert 0.0 <= cmap.residual_weight_ <= 1.0
+    moved = cmap.transport(control, "A+B")
+    assert moved.shape == control.shape
+    np.testing.assert_allclose(moved.mean(0)[:2], [2, 2], atol=0.5)
+    # "B+A" is the same combination as "A+B".
+    np.testing.assert_allclose(cmap.transport(control, "B+A"), moved, atol=1e-5)
+    # Linear parts: the condition's own for a seen one, additive for an unseen combination.
+    only_singles = ConditionalTransportMap(**{**FAST, "residual": 0.0}).fit(
+        [control] * 2, targets[:2], labels[:2])
+    matrix, _, kind = only_singles.linear_part(only_singles.condition("A+B"))
+    assert kind == "additive"
+    np.testing.assert_allclose(matrix, np.eye(4))
+    predicted = only_singles.transport(control, "A+B")
+    np.testing.assert_allclose(predicted.mean(0)[:2], [2, 2], atol=0.3)
+
+
+def test_unseen_single_and_bad_conditions_are_refused():
+    rng = np.random.default_rng(1)
+    control, labels, targets = _three_conditions(rng)
+    cmap = ConditionalTransportMap(**FAST).fit([control] * 3, targets, labels)
+    with pytest.raises(ValueError, match=r"'C'.*never seen"):
+        cmap.transport(control, "A+C")
+    with pytest.raises(ValueError, match="empty single"):
+        cmap.transport(control, "A++B")
+    with pytest.raises(ValueError, match="fitted without doses"):
+        cmap.transport(control, "A", dose=1.0)
+    with pytest.raises(ValueError, match="0 context covariate"):
+        cmap.transport(control, "A", context=("K562",))
+    with pytest.raises(ValueError, match="same perturbation, context and dose"):
+        ConditionalTransportMap(**FAST).fit([control] * 2, targets[:2], ["A", "A"])
+    with pytest.raises(TypeError, match="doses must be numbers"):
+        ConditionalTransportMap(**FAST).fit([control] * 2, targets[:2], ["A", "B"], doses=["x", 1])
+    with pytest.raises(ValueError, match="context_dropout"):
+        ConditionalTransportMap(context_dropout=1.5).fit([control], targets[:1], ["A"])
+
+
+def test_contexts_new_context_from_its_own_controls():
+    rng = np.random.default_rng(2)
+    lines = {"L1": 0.0, "L2": 3.0, "L3": -3.0}
+    sources, targets, perts, contexts = [], [], [], []
+    for line, offset in lines.items():
+        control = rng.normal(size=(200, 3)) + offset
+        for pert, shift in (("P", [1.5, 0, 0]), ("Q", [0, 1.5, 0])):
+            sources.append(control)
+            targets.append(rng.normal(size=(200, 3)) + offset + shift)
+            perts.append(pert)
+            contexts.append((line,))
+    cmap = ConditionalTransportMap(**FAST).fit(sources, targets, perts, contexts=contexts)
+    assert cmap.context_values_ == [["L1", "L2", "L3"]]
+    new_line = rng.normal(size=(150, 3)) + 10.0
+    moved = cmap.transport(new_line, "P", context=("L4",))
+    # Relative to the new line's own control mean, with the transferred response.
+    np.testing.assert_allclose(moved.mean(0) - new_line.mean(0), [1.5, 0, 0], atol=0.5)
+    with pytest.raises(ValueError, match="at least 10 needed"):
+        cmap.transport(new_line[:3], "P", context=("L4",))
+    kind = cmap.at("P", ("L4",)).linear_kind_
+    assert kind == "transfer"
+
+
+def test_doses_enter_the_condition():
+    rng = np.random.default_rng(3)
+    control = rng.normal(size=(200, 3))
+    targets = [rng.normal(size=(200, 3)) + np.array([dose, 0, 0]) for dose in (0.5, 1.0, 2.0)]
+    cmap = ConditionalTransportMap(**FAST).fit([control] * 3, targets, ["drug"] * 3,
+                                               doses=[0.5, 1.0, 2.0])
+    assert cmap.transport(control, "drug", dose=1.0).shape == control.shape
+    with pytest.raises(ValueError, match="pass dose="):
+        cmap.transport(control, "drug")
+
+
+def test_state_and_save_load_identity(tmp_path):
+    rng = np.random.default_rng(4)
+    control, labels, targets = _three_conditions(rng)
+    cmap = ConditionalTransportMap(**{**FAST, "residual": 0.5}).fit([control] * 3, targets, labels)
+    cmap.save(tmp_path / "cmap")
+    loaded = ConditionalTransportMap.load(tmp_path / "cmap", device="cpu")
+    for label in ("A", "A+B"):
+        np.testing.assert_array_equal(loaded.transport(control, label), cmap.transport(control, label))
+    np.testing.assert_array_equal(loaded.inverse(targets[0], "A"), cmap.inverse(targets[0], "A"))
+    state = cmap.get_state()
+    del state["arrays"]["shift"]
+    with pytest.raises(ValueError, match="Cannot rebuild a ConditionalTransportMap"):
+        ConditionalTransportMap.from_state(state)
+
+
+def test_same_seed_same_map():
+    rng = np.random.default_rng(5)
+    control, labels, targets = _three_conditions(rng)
+    first = ConditionalTransportMap(**{**FAST, "residual": 1.0}).fit([control] * 3, targets, labels)
+    second = ConditionalTransportMap(**{**FAST, "residual": 1.0}).fit([control] * 3, targets, labels)
+    np.testing.assert_array_equal(first.transport(control, "A"), second.transport(control, "A"))
+
+
+def test_not_fitted_error():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ConditionalTransportMap().transport(np.zeros((3, 2)), "A")
