@@ -22,6 +22,8 @@ from hycnn_sc.tl._schema import decode_map
 EVALUATION_COLUMNS = [
     "target", "stratum", "group", "space", "method", "n_predicted", "n_observed",
     "mmd", "energy_distance", "r2_mean", "signature_l2",
+    "pearson_delta", "mse_mean", "mae_mean", "overlap_at_N", "overlap_at_50",
+    "de_direction_match", "n_de_observed", "n_de_predicted",
 ]
 METHODS = {"hycnn", "identity", "mean_shift", "gaussian_ot", "observed"}
 

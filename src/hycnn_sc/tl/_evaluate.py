@@ -11,6 +11,7 @@ from anndata import AnnData
 from .. import metrics
 from ..models._utils import resolve_device
 from . import _inputs as inputs
+from ._decode import ScviDecoder
 from ._holdout import baseline_predictions, evaluate_holdout, subsample
 from ._predict import gene_space, query_groups
 from ._schema import decode_map, find_maps, read_fitted, split_key
@@ -18,6 +19,63 @@ from ._schema import decode_map, find_maps, read_fitted, split_key
 #: Methods reported beside the model, in table order.
 BASELINES = ("identity", "mean_shift", "gaussian_ot")
 METRICS = ("mmd", "energy_distance", "r2_mean", "signature_l2")
+#: cell-eval's scores, in gene space only (``nan`` in the representation's rows).
+GENE_METRICS = metrics.GENE_SPACE_METRICS
+#: Total per cell of the expression that scVI-decoded and measured cells are compared in.
+SCVI_TARGET_SUM = 1e4
+
+
+class _PcaGenes:
+    """Gene space of maps fitted on a scanpy PCA: back-projection vs the measured ``X``."""
+
+    def __init__(self, adata: AnnData, stored: dict) -> None:
+        loadings = np.asarray(stored["representation"]["pca_components"])
+        self.adata, self.stored = adata, stored
+        self.genes = np.flatnonzero(np.abs(loadings).sum(axis=1) > 0)
+
+    def observed(self, rows: np.ndarray) -> np.ndarray:
+        return inputs.read_rows(self.adata, rows, None, None)[:, self.genes]
+
+    def predicted(self, values: np.ndarray, source_rows: np.ndarray) -> np.ndarray:
+        return gene_space(self.stored, values)[:, self.genes]
+
+
+class _ScviGenes:
+    """Gene space of maps fitted on an scVI latent: decoded vs measured counts, both normalised
+    to ``SCVI_TARGET_SUM`` per cell and log1p-transformed."""
+
+    def __init__(self, decoder: ScviDecoder) -> None:
+        self.decoder = decoder
+
+    def observed(self, rows: np.ndarray) -> np.ndarray:
+        return self.decoder.observed(rows, SCVI_TARGET_SUM)
+
+    def predicted(self, values: np.ndarray, source_rows: np.ndarray) -> np.ndarray:
+        frequencies, _ = self.decoder.decode(values, source_rows)
+        return np.log1p(frequencies * SCVI_TARGET_SUM)
+
+
+def _gene_space_of(adata: AnnData, stored: dict, scvi_model) -> _PcaGenes | _ScviGenes | None:
+    """How predictions reach gene space, or None when they cannot."""
+    params = stored["params"]
+    use_rep = str(params["use_rep"]) or None
+    if scvi_model is not None:
+        if use_rep is None:
+            raise ValueError(
+                "scvi_model= decodes latent states, but the maps were fitted on X (use_rep=None); "
+                "fit them on the scVI latent (use_rep='X_scVI') or leave scvi_model out."
+            )
+        decoder = ScviDecoder(scvi_model, adata, use_rep=use_rep)
+        if int(params["n_features"]) != decoder.n_latent:
+            raise ValueError(
+                f"The maps were fitted on obsm[{use_rep!r}] with {int(params['n_features'])} "
+                f"dimensions, the scVI model's latent space has {decoder.n_latent}: pass the "
+                "model whose latent the maps were fitted on."
+            )
+        return _ScviGenes(decoder)
+    if "pca_components" in stored["representation"]:
+        return _PcaGenes(adata, stored)
+    return None
 
 
 def _score(predicted: np.ndarray, observed: np.ndarray, control: np.ndarray) -> dict[str, float]:
@@ -40,6 +98,7 @@ def evaluate(
     seed: int = 0,
     device: str = "auto",
     holdout: str | None = None,
+    scvi_model=None,
 ) -> pd.DataFrame:
     """Compare predicted with observed held-out perturbed cells, beside simple baselines.
 
@@ -59,7 +118,22 @@ def evaluate(
     better for all but ``r2_mean``). They are computed in the representation (``space="rep"``)
     and, when the representation is a scanpy PCA or ``X`` itself, in gene space
     (``space="gene"``: predictions and the ``observed`` floor back-projected through the PCA,
-    compared with the held-out cells' ``X`` over the genes with PCA loadings).
+    compared with the held-out cells' ``X`` over the genes with PCA loadings). For maps fitted
+    on an scVI latent, pass ``scvi_model=``: gene space is then the model's decoded expression
+    (each prediction with its control cell's library size and batch, see
+    :func:`~hycnn_sc.tl.decode`) against the measured counts, both normalised to 10,000 per cell
+    and log1p-transformed.
+
+    In gene space the rows also carry cell-eval's scores (``nan`` in ``space="rep"``; see
+    :mod:`hycnn_sc.metrics`): ``pearson_delta``, ``mse_mean``, ``mae_mean``,
+    ``overlap_at_N``, ``overlap_at_50``, ``de_direction_match`` (higher is better for all but
+    the errors) and the numbers of significant genes ``n_de_observed`` / ``n_de_predicted``.
+    Controls are matched (the held-out control cells of the same stratum and ``by`` group) and
+    compared like with like: observed cells and their differential expression against the
+    measured controls, predictions (and the ``observed`` floor) against the same controls
+    passed through the same decoding (PCA back-projection or scVI decoder). Decoded cells
+    are dense and smooth, so testing them against measured (sparse) controls would mark most
+    genes as significant for every method, the unmoved control included.
 
     Parameters
     ----------
@@ -73,7 +147,8 @@ def evaluate(
         ``obs`` column (e.g. ``"cell_type"``): also report every group of it separately
         (``group`` column), beside ``"all"``.
     gene_space_metrics
-        Also compute gene-space metrics when possible.
+        Also compute gene-space metrics when possible (a scanpy PCA, ``X`` itself, or an scVI
+        latent with ``scvi_model``).
     max_cells
         Cap on cells per compared set (random subsample), bounding run time.
     seed
@@ -94,6 +169,9 @@ def evaluate(
         ``shrinkage`` and ``residual_weight``; stored as
         ``adata.uns[key]['evaluation_holdout']``. ``by`` and ``gene_space_metrics`` do not
         apply.
+    scvi_model
+        The trained ``scvi.model.SCVI`` whose latent (``use_rep``) the maps were fitted on:
+        gene-space metrics of decoded predictions (needs scvi-tools, ``hycnn-sc[scvi]``).
 
     Maps with fewer than 2 held-out cells on a side (small strata) are left out with a
     warning; a ``ValueError`` is raised when no map can be evaluated.
@@ -101,7 +179,7 @@ def evaluate(
     Returns
     -------
     Long table with columns ``target``, ``stratum``, ``group``, ``space``, ``method``,
-    ``n_predicted``, ``n_observed`` and the metrics. Also stored as
+    ``n_predicted``, ``n_observed``, the metrics and the gene-space scores. Also stored as
     ``adata.uns[key]['evaluation']``.
 
     Examples
@@ -150,10 +228,7 @@ def evaluate(
     strata = adata.obs[split_by].astype(str).to_numpy() if split_by else np.full(adata.n_obs, "")
     by_values = adata.obs[by].astype(str).to_numpy() if by else None
     rng = np.random.default_rng(seed)
-    gene_rows = None
-    if gene_space_metrics and "pca_components" in stored["representation"]:
-        loadings = np.asarray(stored["representation"]["pca_components"])
-        gene_rows = np.flatnonzero(np.abs(loadings).sum(axis=1) > 0)
+    genes = _gene_space_of(adata, stored, scvi_model) if gene_space_metrics else None
 
     records = []
     too_few: list[str] = []
@@ -193,28 +268,32 @@ def evaluate(
             spaces = {"rep": (observed, control[pick_source],
                               {m: p[pick_source] for m, p in predictions.items()},
                               read[("target", "train")][pick_reference])}
-            if gene_rows is not None:
-                observed_genes = inputs.read_rows(adata, rows[("target", "held")][pick_target],
-                                                  None, None)[:, gene_rows]
-                # The floor goes through the same PCA reconstruction as the predictions.
-                reference_genes = gene_space(
-                    stored, read[("target", "train")][pick_reference]
-                )[:, gene_rows]
+            if genes is not None:
+                control_rows = rows[("source", "held")][pick_source]
+                reference_rows = rows[("target", "train")][pick_reference]
+                # The floor goes through the same decoding (PCA reconstruction or scVI decoder)
+                # as the predictions, each cell with its own library size.
                 spaces["gene"] = (
-                    observed_genes,
-                    gene_space(stored, control[pick_source])[:, gene_rows],
-                    {m: gene_space(stored, p[pick_source])[:, gene_rows]
+                    genes.observed(rows[("target", "held")][pick_target]),
+                    genes.predicted(control[pick_source], control_rows),
+                    {m: genes.predicted(p[pick_source], control_rows)
                      for m, p in predictions.items()},
-                    reference_genes,
+                    genes.predicted(read[("target", "train")][pick_reference], reference_rows),
                 )
+                measured_control = genes.observed(control_rows)
+                observed_de = metrics.differential_expression(spaces["gene"][0], measured_control)
             for space, (observed_values, control_values, predicted, reference) in spaces.items():
                 base = {"target": label, "stratum": stratum, "group": group, "space": space}
                 for method, values in [*predicted.items(), ("observed", reference)]:
                     if len(values) < 2:
                         continue
+                    gene_scores = {} if space == "rep" else metrics.gene_space_scores(
+                        values, observed_values, measured_control, control_pred=control_values,
+                        obs_de=observed_de)
                     records.append({**base, "method": method, "n_predicted": len(values),
                                     "n_observed": len(observed_values),
-                                    **_score(values, observed_values, control_values)})
+                                    **_score(values, observed_values, control_values),
+                                    **gene_scores})
     if too_few:
         message = (
             f"{len(too_few)} of {len(maps)} map(s) have fewer than 2 held-out cells on a side: "
@@ -232,7 +311,7 @@ def evaluate(
             stacklevel=2,
         )
     columns = ["target", "stratum", "group", "space", "method", "n_predicted", "n_observed",
-               *METRICS]
+               *METRICS, *GENE_METRICS]
     table = pd.DataFrame.from_records(records, columns=columns)
     order = {name: i for i, name in enumerate([model_name, *BASELINES, "observed"])}
     table = table.sort_values(
