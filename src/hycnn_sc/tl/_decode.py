@@ -68,7 +68,7 @@ def import_scvi():
     return scvi
 
 
-def _check_model(scvi_model: Any):
+def check_model(scvi_model: Any):
     scvi = import_scvi()
     if not isinstance(scvi_model, scvi.model.SCVI):
         raise TypeError(
@@ -177,7 +177,7 @@ def scvi_latent(
     >>> adata.obsm["X_scVI"].shape  # doctest: +SKIP
     (832, 10)
     """
-    scvi = _check_model(scvi_model)
+    scvi = check_model(scvi_model)
     inputs.check_adata(adata)
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"key_added must be a non-empty str, got {key_added!r}.")
@@ -193,6 +193,20 @@ def scvi_latent(
     return target if copy else None
 
 
+def check_latent(latent: Any, n_latent: int, what: str) -> np.ndarray:
+    """``latent`` as float32 ``[n, n_latent]``, or a ValueError naming both widths."""
+    latent = np.asarray(latent, dtype=np.float32)
+    if latent.ndim != 2 or latent.shape[1] != n_latent:
+        raise ValueError(
+            f"{what} has latent states of width {latent.shape[-1] if latent.ndim else 0}, the "
+            f"scVI model's latent space has {n_latent} dimensions: decode latent states of this "
+            "model (e.g. predicted by maps fitted on the obsm entry it wrote)."
+        )
+    if not np.isfinite(latent).all():
+        raise ValueError(f"{what} contains NaN or infinite latent values.")
+    return latent
+
+
 class ScviDecoder:
     """A trained scVI model's decoder bound to the AnnData that holds the source cells.
 
@@ -204,7 +218,7 @@ class ScviDecoder:
 
     def __init__(self, scvi_model: Any, reference: AnnData, *, use_rep: str,
                  layer: str | None = _MODEL_LAYER, batch: str | None = None) -> None:
-        scvi = _check_model(scvi_model)
+        scvi = check_model(scvi_model)
         self.model = scvi_model
         self.reference = reference
         self.use_rep = use_rep
@@ -251,19 +265,6 @@ class ScviDecoder:
                 f"n_latent={int(record['n_latent'])}). Pass the model that wrote the latent, or "
                 "recompute it with hycnn_sc.tl.scvi_latent(adata, scvi_model=model) and refit."
             )
-
-    def check_latent(self, latent: np.ndarray, what: str) -> np.ndarray:
-        """``latent`` as float32 ``[n, n_latent]``, or a ValueError naming both widths."""
-        latent = np.asarray(latent, dtype=np.float32)
-        if latent.ndim != 2 or latent.shape[1] != self.n_latent:
-            raise ValueError(
-                f"{what} has latent states of width {latent.shape[-1] if latent.ndim else 0}, "
-                f"the scVI model's latent space has {self.n_latent} dimensions: decode latent "
-                "states of this model (e.g. maps fitted on its obsm['X_scVI'])."
-            )
-        if not np.isfinite(latent).all():
-            raise ValueError(f"{what} contains NaN or infinite latent values.")
-        return latent
 
     def _codes_of(self, field: str, rows: np.ndarray) -> np.ndarray:
         """Integer codes of a registered categorical field (batch, labels) for ``rows``."""
@@ -356,7 +357,7 @@ class ScviDecoder:
         """Frequencies (rows sum to 1) and expected counts of ``latent`` with ``rows``' depth."""
         import torch
 
-        latent = self.check_latent(latent, "The latent states")
+        latent = check_latent(latent, self.n_latent, "The latent states")
         library = self.library(rows)
         batch_codes = self._codes_of("batch", rows)
         labels = self._codes_of("labels", rows)
@@ -508,8 +509,10 @@ def decode(
         )
     if isinstance(target_sum, bool) or not np.isfinite(target_sum) or target_sum <= 0:
         raise ValueError(f"target_sum must be a positive number, got {target_sum!r}.")
+    check_model(scvi_model)
+    latent = check_latent(data.obsm[use_rep], int(scvi_model.module.n_latent),
+                          f"data.obsm[{use_rep!r}]")
     decoder = ScviDecoder(scvi_model, adata, use_rep=use_rep, layer=layer, batch=batch)
-    latent = decoder.check_latent(data.obsm[use_rep], f"data.obsm[{use_rep!r}]")
     rows = _source_rows(data, adata, explicit_reference)
     frequencies, expected = decoder.decode(latent, rows, batch_size=batch_size)
     normalized = (frequencies * target_sum).astype(np.float32)

@@ -11,7 +11,7 @@ from anndata import AnnData
 from .. import metrics
 from ..models._utils import resolve_device
 from . import _inputs as inputs
-from ._decode import ScviDecoder
+from ._decode import ScviDecoder, check_model
 from ._holdout import baseline_predictions, evaluate_holdout, subsample
 from ._predict import gene_space, query_groups
 from ._schema import decode_map, find_maps, read_fitted, split_key
@@ -65,14 +65,15 @@ def _gene_space_of(adata: AnnData, stored: dict, scvi_model) -> _PcaGenes | _Scv
                 "scvi_model= decodes latent states, but the maps were fitted on X (use_rep=None); "
                 "fit them on the scVI latent (use_rep='X_scVI') or leave scvi_model out."
             )
-        decoder = ScviDecoder(scvi_model, adata, use_rep=use_rep)
-        if int(params["n_features"]) != decoder.n_latent:
+        check_model(scvi_model)
+        n_latent = int(scvi_model.module.n_latent)
+        if int(params["n_features"]) != n_latent:
             raise ValueError(
                 f"The maps were fitted on obsm[{use_rep!r}] with {int(params['n_features'])} "
-                f"dimensions, the scVI model's latent space has {decoder.n_latent}: pass the "
-                "model whose latent the maps were fitted on."
+                f"dimensions, the scVI model's latent space has {n_latent}: pass the model "
+                "whose latent the maps were fitted on."
             )
-        return _ScviGenes(decoder)
+        return _ScviGenes(ScviDecoder(scvi_model, adata, use_rep=use_rep))
     if "pca_components" in stored["representation"]:
         return _PcaGenes(adata, stored)
     return None
