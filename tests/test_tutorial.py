@@ -157,3 +157,55 @@ def test_glioblastoma_tutorial_runs(tmp_path, monkeypatch):
         for output in cell.outputs
     )
     assert n_figures >= 4
+
+
+SCVI_TUTORIAL = ROOT / "tutorials" / "kang_scvi.ipynb"
+#: scVI epochs the test trains the tutorial's model for.
+TEST_EPOCHS = 3
+
+# Appended to the executed copy of the scVI tutorial: reports its results as JSON.
+SCVI_CHECK = """
+import json as _json
+print("TUTORIAL_CHECK " + _json.dumps({
+    "n_iters": N_ITERS,
+    "n_epochs": N_EPOCHS,
+    "decoded_shape": list(decoded.shape),
+    "library_matches": bool(np.allclose(decoded.layers["expected_counts"].sum(axis=1),
+                                        np.asarray(adata.layers["counts"][sources].sum(axis=1)).ravel(),
+                                        rtol=1e-3)),
+    "methods": sorted(pooled.index),
+    "columns": list(pooled.columns),
+    "groups": sorted(gene["group"].unique()),
+    "hycnn_pearson_delta": float(pooled.loc["hycnn", "pearson_delta"]),
+}))
+"""
+
+
+def test_scvi_tutorial_is_committed_without_outputs():
+    nb = nbformat.read(SCVI_TUTORIAL, as_version=4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    dirty = [i for i, cell in enumerate(code) if cell.outputs or cell.execution_count is not None]
+    assert not dirty, f"code cells {dirty} hold outputs: clear them before committing"
+    assert "HYCNN_TUTORIAL_EPOCHS" in code[0].source and "HYCNN_TUTORIAL_ITERS" in code[0].source
+
+
+def test_scvi_tutorial_runs(tmp_path, monkeypatch):
+    """scVI on counts -> X_scVI -> fit_transport -> decode -> gene-space scores, end to end."""
+    pytest.importorskip("scvi")
+    monkeypatch.setenv("HYCNN_TUTORIAL_EPOCHS", str(TEST_EPOCHS))
+    nb = nbformat.read(SCVI_TUTORIAL, as_version=4)
+    report = _execute(nb, SCVI_CHECK, tmp_path, monkeypatch)
+    assert report["n_iters"] == TEST_ITERS and report["n_epochs"] == TEST_EPOCHS
+    assert report["decoded_shape"][1] == 2000 and report["library_matches"]
+    assert report["methods"] == ["gaussian_ot", "hycnn", "identity", "mean_shift", "observed"]
+    assert {"pearson_delta", "overlap_at_N", "de_direction_match", "mae_mean"} <= set(
+        report["columns"])
+    assert "all" in report["groups"] and "CD14 Mono" in report["groups"]
+    assert -1.0 <= report["hycnn_pearson_delta"] <= 1.0
+    n_figures = sum(
+        "image/png" in output.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+    assert n_figures >= 2
