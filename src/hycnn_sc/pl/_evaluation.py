@@ -19,7 +19,8 @@ from . import _utils as utils
 _BASELINE_COLORS = {"identity": "#9e9e9e", "mean_shift": "tab:green", "gaussian_ot": "tab:purple"}
 _BASELINE_LABELS = {"identity": "identity (control)", "mean_shift": "mean shift",
                     "gaussian_ot": "Gaussian OT"}
-_HIGHER_IS_BETTER = {"r2_mean"}
+_HIGHER_IS_BETTER = {"r2_mean", "pearson_delta", "overlap_at_N", "overlap_at_50",
+                      "de_direction_match"}
 #: Most categories drawn as vertical bars; more are drawn horizontally.
 _MAX_VERTICAL = 12
 
@@ -128,7 +129,8 @@ def evaluation(
     if space not in spaces:
         raise KeyError(
             f"space={space!r} is not in the evaluation table (spaces: {spaces}); gene-space "
-            "metrics need maps fitted on a scanpy PCA or on X."
+            "metrics need maps fitted on a scanpy PCA or on X, or evaluate(..., scvi_model=) for an "
+            "scVI latent."
         )
     if by not in ("target", "group"):
         raise ValueError(f"by must be 'target' or 'group', got {by!r}.")
