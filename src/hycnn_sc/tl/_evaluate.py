@@ -14,7 +14,7 @@ from . import _inputs as inputs
 from ._decode import ScviDecoder, check_model
 from ._holdout import baseline_predictions, evaluate_holdout, subsample
 from ._predict import gene_space, query_groups
-from ._schema import decode_map, find_maps, read_fitted, split_key
+from ._schema import cell_strata, decode_map, find_maps, read_fitted, split_key
 
 #: Methods reported beside the model, in table order.
 BASELINES = ("identity", "mean_shift", "gaussian_ot")
@@ -209,6 +209,12 @@ def evaluate(
     if isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer)) or max_cells < 2:
         raise ValueError(f"max_cells must be an int >= 2, got {max_cells!r}.")
     if holdout is not None:
+        if bool(params.get("conditional", False)):
+            raise ValueError(
+                "evaluate(holdout=...) refits unconditional maps; for a conditional map, leave "
+                "the group out of fit_transport (covariates keep it as a context) and predict it "
+                "from its control cells with predict(), as benchmarks/conditional.py does."
+            )
         if not isinstance(holdout, str):
             raise TypeError(f"holdout must be the name of an obs column (a str), got {holdout!r}.")
         targets = sorted({str(entry["target"]) for entry in maps.values()})
@@ -226,7 +232,7 @@ def evaluate(
     labels = adata.obs[groupby].astype(str).to_numpy()
     held = (adata.obs[split_column].astype(str) == "held_out").to_numpy()
     train = (adata.obs[split_column].astype(str) == "train").to_numpy()
-    strata = adata.obs[split_by].astype(str).to_numpy() if split_by else np.full(adata.n_obs, "")
+    strata = cell_strata(adata, params)
     by_values = adata.obs[by].astype(str).to_numpy() if by else None
     rng = np.random.default_rng(seed)
     genes = _gene_space_of(adata, stored, scvi_model) if gene_space_metrics else None
@@ -235,7 +241,8 @@ def evaluate(
     too_few: list[str] = []
     for mid, entry in maps.items():
         label, stratum = str(entry["target"]), str(entry["stratum"])
-        in_stratum = strata == stratum
+        # A conditional map's stratum may end in "|dose=<d>": its context is the part before.
+        in_stratum = strata == stratum.split("|dose=")[0]
         rows = {
             (side, part): np.flatnonzero(in_stratum & (labels == name) & mask)
             for side, name in (("source", source), ("target", label))

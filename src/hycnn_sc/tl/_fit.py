@@ -12,9 +12,19 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ..models.conditional_transport import ConditionalTransportMap
 from ..models.transport import MIN_GROUP_POINTS, TransportMap
+from . import _conditional as conditional_fits
 from . import _inputs as inputs
-from ._schema import SCHEMA_VERSION, encode_map, map_id, obsm_key, split_key
+from ._schema import (
+    SCHEMA_VERSION,
+    cell_strata,
+    encode_conditional,
+    encode_map,
+    map_id,
+    obsm_key,
+    split_key,
+)
 
 
 def _versions() -> dict[str, str]:
@@ -27,10 +37,12 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _model_params(model: str, seed: int, model_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The full, validated TransportMap arguments (raises before anything is read or trained)."""
+def _model_params(model: str, seed: int, model_kwargs: dict[str, Any],
+                  estimator: type = TransportMap) -> dict[str, Any]:
+    """The full, validated estimator arguments (raises before anything is read or trained)."""
     params = dict(model_kwargs)
-    valid = [p for p in TransportMap._param_names() if p not in ("model", "seed", "validation_fraction")]
+    own = ("model", "seed", "validation_fraction", "combination_sep")
+    valid = [p for p in estimator._param_names() if p not in own]
     valid.append("selection_fraction")
     if "model_kwargs" in params:
         raise TypeError(
@@ -53,7 +65,7 @@ def _model_params(model: str, seed: int, model_kwargs: dict[str, Any]) -> dict[s
         ]
         raise TypeError(
             f"Unknown model argument(s) {', '.join(hints)}: fit_transport passes extra keywords "
-            f"to TransportMap; valid ones are {valid}."
+            f"to {estimator.__name__}; valid ones are {valid}."
         )
     if "selection_fraction" in params:
         inputs.check_fraction(
@@ -62,7 +74,7 @@ def _model_params(model: str, seed: int, model_kwargs: dict[str, Any]) -> dict[s
         )
         params["validation_fraction"] = params.pop("selection_fraction")
     params.update(model=model, seed=seed)
-    template = TransportMap(**params)
+    template = estimator(**params)
     template._validate_params()
     return template.get_params()
 
@@ -178,6 +190,10 @@ def fit_transport(
     groups: str | None = None,
     model: str = "hycnn",
     validation_fraction: float = 0.0,
+    conditional: bool = False,
+    covariates: str | list[str] | None = None,
+    combination_sep: str = "+",
+    dose_key: str | None = None,
     seed: int | None = 0,
     key_added: str = "hycnn",
     copy: bool = False,
@@ -328,16 +344,30 @@ def fit_transport(
         " It is the share of every group held out of training for evaluate; 0 trains on all cells.",
     )
     seed = inputs.check_seed(seed)
+    covariate_columns = conditional_fits.check_conditional_args(
+        adata, conditional=conditional, covariates=covariates, combination_sep=combination_sep,
+        dose_key=dose_key, split_by=split_by, groups=groups, groupby=groupby)
     matrix = inputs.get_matrix(adata, use_rep, layer)
     if matrix.shape[0] != adata.n_obs:
         raise ValueError(f"The representation has {matrix.shape[0]} rows for {adata.n_obs} cells.")
-    params = _model_params(model, seed, model_kwargs)
+    if conditional:
+        params = _model_params(model, seed, model_kwargs, ConditionalTransportMap)
+        params["combination_sep"] = combination_sep
+    else:
+        params = _model_params(model, seed, model_kwargs)
     keys = {label: obsm_key(key_added, label) for label in targets}
     if len(set(keys.values())) < len(keys):
         raise ValueError(
             f"Targets {targets} give clashing obsm keys once '/' is replaced by '_' "
             f"({sorted(keys.values())}); rename the labels."
         )
+    if conditional:
+        stored, split, predictions = _fit_conditional(
+            adata, labels.to_numpy(), groupby, source, targets, covariate_columns, dose_key,
+            use_rep, layer, validation_fraction, seed, params)
+        stored["params"].update(groupby=groupby, model=model)
+        return _store(adata, key_added, stored, split,
+                      {keys[label]: block for label, block in predictions.items()}, copy)
 
     # Which cells form each (label, stratum) group, and which pairs get a map.
     label_values = labels.to_numpy()
@@ -365,13 +395,7 @@ def fit_transport(
     held_out = inputs.split_cells(cell_groups, validation_fraction, seed)
     if unit_labels is not None:
         _check_enough_units(unit_labels, cell_groups, held_out, pairs, source, groups)
-    involved = np.unique(np.concatenate(list(cell_groups.values())))
-    position = np.full(adata.n_obs, -1)
-    position[involved] = np.arange(len(involved))
-    values = inputs.read_rows(adata, involved, use_rep, layer, what="the fitted groups")
-    name = inputs.representation_name(use_rep, layer)
-    inputs.warn_if_counts(values, use_rep, name, getattr(matrix, "dtype", None))
-    inputs.check_not_constant(values, name)
+    position, values = _read_groups(adata, cell_groups, use_rep, layer)
 
     train_arrays: dict[tuple[str, str], np.ndarray] = {
         key: values[position[rows[~held_out[key]]]] for key, rows in cell_groups.items()
@@ -409,25 +433,54 @@ def fit_transport(
         )
         entries[map_id(label, stratum or None)] = encode_map(tmap, label, stratum or None)
 
+    split = _split_column(adata, cell_groups, held_out)
+    fitted_strata = list(dict.fromkeys(stratum for _, stratum in pairs))
+    source_values = values[position[np.concatenate([cell_groups[(source, s)] for s in fitted_strata])]]
+    stored = _stored(adata, source, list(predictions), use_rep, layer, validation_fraction, seed,
+                     params, source_values, projection, entries)
+    stored["params"].update(groupby=groupby, model=model,
+                            split_by=split_by if split_by is not None else "",
+                            groups=groups if groups is not None else "")
+    return _store(adata, key_added, stored, split,
+                  {keys[label]: block for label, block in predictions.items()}, copy)
+
+
+def _read_groups(adata: AnnData, cell_groups: dict, use_rep: str | None,
+                 layer: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The representation of every cell of ``cell_groups`` and each cell's row in it."""
+    involved = np.unique(np.concatenate(list(cell_groups.values())))
+    position = np.full(adata.n_obs, -1)
+    position[involved] = np.arange(len(involved))
+    values = inputs.read_rows(adata, involved, use_rep, layer, what="the fitted groups")
+    name = inputs.representation_name(use_rep, layer)
+    matrix = inputs.get_matrix(adata, use_rep, layer)
+    inputs.warn_if_counts(values, use_rep, name, getattr(matrix, "dtype", None))
+    inputs.check_not_constant(values, name)
+    return position, values
+
+
+def _split_column(adata: AnnData, cell_groups: dict, held_out: dict) -> np.ndarray:
     split = np.full(adata.n_obs, None, dtype=object)
     for key, rows in cell_groups.items():
         split[rows] = np.where(held_out[key], "held_out", "train")
-    fitted_strata = list(dict.fromkeys(stratum for _, stratum in pairs))
-    source_values = values[position[np.concatenate([cell_groups[(source, s)] for s in fitted_strata])]]
-    fitted_targets = list(predictions)
-    stored = {
+    return split
+
+
+def _stored(adata: AnnData, source: str, fitted_targets: list[str], use_rep, layer,
+            validation_fraction: float, seed: int, params: dict[str, Any],
+            source_values: np.ndarray, projection: dict, entries: dict) -> dict[str, Any]:
+    """``uns[key_added]`` (see :mod:`hycnn_sc.tl._schema`); callers add their own params."""
+    return {
         "params": {
-            "groupby": groupby,
             "source": source,
             "targets": np.asarray(fitted_targets, dtype=object),
             "use_rep": use_rep if use_rep is not None else "",
             "layer": layer if layer is not None else "",
-            "split_by": split_by if split_by is not None else "",
-            "groups": groups if groups is not None else "",
-            "model": model,
+            "split_by": "",
+            "groups": "",
             "validation_fraction": float(validation_fraction),
             "seed": seed,
-            "n_features": int(values.shape[1]),
+            "n_features": int(source_values.shape[1]),
             "schema_version": SCHEMA_VERSION,
             "versions": _versions(),
             "model_params_json": json.dumps(
@@ -443,6 +496,50 @@ def fit_transport(
         "maps": entries,
     }
 
+
+def _fit_conditional(adata: AnnData, labels: np.ndarray, groupby: str, source: str,
+                     targets: list[str],
+                     covariates: list[str], dose_key: str | None, use_rep, layer,
+                     validation_fraction: float, seed: int, params: dict[str, Any]):
+    """Fit one conditional map for every (target, covariate values[, dose]) present."""
+    contexts = cell_strata(adata, {"covariates": covariates})
+    doses = None if dose_key is None else conditional_fits.dose_values(adata, dose_key)
+    cell_groups, pairs = conditional_fits.conditional_pairs(labels, contexts, doses, source, targets)
+    if not pairs:
+        raise ValueError(
+            f"No value of covariates {covariates} holds both source cells and target cells; "
+            "nothing to fit."
+        )
+    inputs.check_group_sizes({key: len(rows) for key, rows in cell_groups.items()},
+                             groupby, "+".join(covariates) if covariates else None)
+    held_out = inputs.split_cells(cell_groups, validation_fraction, seed)
+    all_sources = np.flatnonzero(labels == source)
+    position, values = _read_groups(adata, {**cell_groups, ("__all__", ""): all_sources},
+                                    use_rep, layer)
+    cmap = conditional_fits.fit_conditional(values, position, cell_groups, pairs, held_out,
+                                            covariates, source, params)
+    predictions = {}
+    for label in dict.fromkeys(label for label, *_ in pairs):
+        dose = max((d for lab, _, d, _ in pairs if lab == label), default=None) if doses is not None else None
+        block = np.full((adata.n_obs, values.shape[1]), np.nan, dtype=np.float32)
+        block[all_sources] = conditional_fits.predict_source_cells(
+            cmap, values[position[all_sources]], contexts[all_sources], np.arange(len(all_sources)),
+            label, dose, covariates)
+        predictions[label] = block
+    source_values = values[position[all_sources]]
+    stored = _stored(adata, source, list(predictions), use_rep, layer, validation_fraction, seed,
+                     params, source_values, _pca_projection(adata, use_rep),
+                     conditional_fits.map_entries(pairs, covariates))
+    stored["params"].update(conditional=True, covariates=np.asarray(covariates, dtype=object),
+                            combination_sep=params["combination_sep"],
+                            dose_key=dose_key if dose_key is not None else "")
+    stored["conditional"] = encode_conditional(cmap)
+    return stored, _split_column(adata, cell_groups, held_out), predictions
+
+
+def _store(adata: AnnData, key_added: str, stored: dict[str, Any], split: np.ndarray,
+           obsm: dict[str, np.ndarray], copy: bool) -> AnnData | None:
+    """Write the results to ``adata`` (or a copy), all or nothing."""
     if copy:
         adata = adata.copy()
     elif adata.is_view:
@@ -454,7 +551,7 @@ def fit_transport(
             stacklevel=2,
         )
         adata._init_as_actual(adata.copy())
-    _write(adata, key_added, stored, split, {keys[label]: block for label, block in predictions.items()})
+    _write(adata, key_added, stored, split, obsm)
     return adata if copy else None
 
 

@@ -13,7 +13,16 @@ from anndata.utils import make_index_unique
 from ..models._utils import check_positive, resolve_device
 from ..models.transport import TransportMap
 from . import _inputs as inputs
-from ._schema import decode_map, find_maps, fitted_targets, read_fitted, split_key
+from ._conditional import predict_source_cells
+from ._schema import (
+    cell_strata,
+    decode_conditional,
+    decode_map,
+    find_maps,
+    fitted_targets,
+    read_fitted,
+    split_key,
+)
 
 #: Tolerated range of the ratio between the per-feature spread (median over features) of new
 #: cells and of the fitted control cells. Wide at the low end: a single cell type or cell line
@@ -183,6 +192,7 @@ def predict(
     query: AnnData | None = None,
     batch_size: int | None = None,
     device: str = "auto",
+    dose: float | None = None,
 ) -> AnnData:
     """Predict how control cells respond to a perturbation, with a map fitted by :func:`fit_transport`.
 
@@ -209,6 +219,8 @@ def predict(
         Cells per inference chunk (memory bound); default 32768.
     device
         Where to run the maps.
+    dose
+        For conditional maps fitted with ``dose_key``: the dose to predict at (required).
 
     Returns
     -------
@@ -220,6 +232,12 @@ def predict(
     ``obs[groupby]`` the target label, ``obs[split_by]`` the stratum, and
     ``uns['hycnn_prediction']`` the ``key``, ``target`` and ``use_rep``. Neither ``adata``
     nor ``query`` is modified.
+
+    Conditional maps (``fit_transport(..., conditional=True)``) predict any ``target`` whose
+    singles were seen at fit time, unseen combinations included (``"KLF1+MAP2K6"``); each
+    cell's context is read from ``query.obs[covariates]``, and a context never seen at fit
+    time is encoded from the selected source cells of that context (at least 10), so pass
+    all of a new cell line's or patient's control cells together.
 
     Maps fitted with ``groups`` (e.g. ``"patient_id"``) read each cell's group from
     ``query.obs[groups]``: a map that works relative to each group (``frame_="group"``)
@@ -256,8 +274,11 @@ def predict(
         check_positive(batch_size, "batch_size", integer=True)
     params = dict(stored["params"])
     params["key"] = key
+    conditional = bool(params.get("conditional", False))
     target = _resolve_target(stored, target)
-    maps = find_maps(stored, target)
+    maps = {} if conditional else find_maps(stored, target)
+    if not conditional and dose is not None:
+        raise ValueError("dose= only applies to conditional maps fitted with dose_key.")
     use_rep = str(params["use_rep"]) or None
     layer = str(params["layer"]) or None
     split_by = str(params["split_by"]) or None
@@ -270,7 +291,9 @@ def predict(
     values = inputs.read_rows(query, rows, use_rep, layer, what="the cells to predict from")
     check_compatible(query, stored, values)
 
-    if split_by is None:
+    if conditional:
+        assignments = {}
+    elif split_by is None:
         assignments = {next(iter(maps)): np.arange(len(rows))}
     else:
         if split_by not in query.obs:
@@ -290,6 +313,14 @@ def predict(
 
     units = query_groups(query, params, rows)
     predicted = np.empty_like(values)
+    covariates = [str(c) for c in np.asarray(params.get("covariates", [])).ravel()]
+    if conditional:
+        for column in covariates:
+            inputs.group_labels(query, column, "covariates")  # present, no missing values
+        contexts = cell_strata(query, params)[rows]
+        predicted = predict_source_cells(
+            decode_conditional(stored["conditional"], device=device), values, contexts,
+            np.arange(len(rows)), str(target), dose, covariates)
     for mid, positions in assignments.items():
         tmap = decode_map(maps[mid], device=device, name=mid)
         predicted[positions] = tmap.transport(
@@ -303,8 +334,8 @@ def predict(
         index=make_index_unique(pd.Index([f"{name}-{target}" for name in query.obs_names[rows]])),
     )
     obs[groupby] = obs[groupby].astype("category")
-    if split_by is not None:
-        obs[split_by] = pd.Categorical(query.obs[split_by].astype(str).to_numpy()[rows])
+    for column in ([split_by] if split_by is not None else []) + covariates:
+        obs[column] = pd.Categorical(query.obs[column].astype(str).to_numpy()[rows])
     genes = predicted if use_rep is None else gene_space(stored, predicted)
     result = AnnData(
         X=genes,

@@ -4,7 +4,8 @@
 
     adata.uns[key] = {
         "params": {                      # JSON-able, also readable by people
-            "groupby", "source", "targets", "use_rep", "layer", "split_by",
+            "groupby", "source", "targets", "use_rep", "layer", "split_by", "groups",
+            "conditional", "covariates", "combination_sep", "dose_key",
             "model", "validation_fraction", "seed", "n_features",
             "schema_version", "versions": {package: version},
             "model_params_json",         # every TransportMap argument, as a JSON string
@@ -24,6 +25,9 @@
                 "group_means": {"values": ndarray},  # "group"-frame maps only
             },
         },
+        "conditional": {                 # conditional=True only: the one shared network
+            "state_json": str, "arrays": {nested name: ndarray},
+        },                               # (maps then hold target, stratum, context, dose)
         "evaluation": DataFrame,         # written by hycnn_sc.tl.evaluate
     }
 
@@ -40,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ..models.conditional_transport import ConditionalTransportMap, FixedConditionMap
 from ..models.transport import TransportMap
 
 SCHEMA_VERSION = 1
@@ -51,6 +56,27 @@ _ARRAY_GROUPS = ("f", "g", "history", "linear", "group_means")
 def obsm_key(key: str, target: str) -> str:
     """The ``obsm`` key of one target's predictions (``/`` is not allowed in h5ad keys)."""
     return f"{key}_{target}".replace("/", "_")
+
+
+def cell_strata(adata, params: Mapping[str, Any]) -> np.ndarray:
+    """The stratum of every cell, as stored map entries name it.
+
+    ``obs[split_by]`` for maps fitted per stratum, the covariate values joined by ``"|"`` for
+    a conditional fit with covariates, else ``""``.
+    """
+    columns = [str(c) for c in np.asarray(params.get("covariates", [])).ravel()]
+    if str(params.get("split_by", "")):
+        columns = [str(params["split_by"])]
+    if not columns:
+        return np.full(adata.n_obs, "", dtype=object)
+    missing = [c for c in columns if c not in adata.obs]
+    if missing:
+        raise KeyError(
+            f"obs{missing} is missing: the maps were fitted per value of {columns}; add the "
+            "column(s) to the cells (each cell goes through the map of its stratum)."
+        )
+    parts = [adata.obs[c].astype(str).to_numpy() for c in columns]
+    return np.asarray(["|".join(values) for values in zip(*parts, strict=True)], dtype=object)
 
 
 def split_key(key: str) -> str:
@@ -81,9 +107,61 @@ def encode_map(tmap: TransportMap, target: str, stratum: str | None) -> dict[str
     return entry
 
 
-def decode_map(entry: Any, *, device: str = "auto", name: str = "") -> TransportMap:
-    """Rebuild a :class:`TransportMap` from :func:`encode_map` output (or its h5ad round trip)."""
+def encode_conditional(cmap: ConditionalTransportMap) -> dict[str, Any]:
+    """A fitted :class:`ConditionalTransportMap` as a nested plain dict (``uns[key]['conditional']``).
+
+    ``{"state_json": str, "arrays": {...}}``; array names such as ``"f/potential/x"`` become
+    nested dicts (h5ad keys cannot hold ``/``).
+    """
+    state = cmap.get_state()
+    nested: dict[str, Any] = {}
+    for name, value in state.pop("arrays").items():
+        *parents, leaf = name.split("/")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return {"state_json": json.dumps(state, default=_json_default), "arrays": nested}
+
+
+def decode_conditional(stored: Any, *, device: str = "auto") -> ConditionalTransportMap:
+    """Rebuild the :class:`ConditionalTransportMap` of :func:`encode_conditional` output."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def flatten(node: Mapping, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                flatten(value, f"{prefix}{key}/")
+            else:
+                arrays[f"{prefix}{key}"] = np.asarray(value)
+
+    try:
+        state = json.loads(str(stored["state_json"]))
+        flatten(stored["arrays"], "")
+        state["arrays"] = arrays
+        return ConditionalTransportMap.from_state(state, device=device)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        detail = " ".join(str(error).split()).split(". It is truncated")[0]
+        raise ValueError(
+            f"The stored conditional map is incomplete or corrupted ({type(error).__name__}: "
+            f"{detail}); run hycnn_sc.tl.fit_transport(..., conditional=True) again."
+        ) from None
+
+
+def decode_map(entry: Any, *, device: str = "auto",
+               name: str = "") -> TransportMap | FixedConditionMap:
+    """Rebuild a :class:`TransportMap` from :func:`encode_map` output (or its h5ad round trip).
+
+    An entry of a conditional fit (as returned by :func:`find_maps`) gives the
+    :class:`~hycnn_sc.models.conditional_transport.FixedConditionMap` of its condition.
+    """
     which = f"Stored map {name!r}" if name else "A stored map"
+    if isinstance(entry, Mapping) and "conditional" in entry:
+        dose = float(entry["dose"])
+        return decode_conditional(entry["_parent"], device=device).at(
+            str(entry["target"]), [str(v) for v in np.asarray(entry["context"]).ravel()],
+            None if dose != dose else dose,
+        )
 
     def broken(error: Exception) -> ValueError:
         detail = " ".join(str(error).split())  # one line, whatever the source's formatting
@@ -183,6 +261,11 @@ def find_maps(stored: dict[str, Any], target: str | None) -> dict[str, dict[str,
                 f"Stored map {mid!r} is incomplete or was modified; refit with "
                 "hycnn_sc.tl.fit_transport."
             )
+    if "conditional" in stored:  # entries of a conditional fit share one network
+        shared = stored["conditional"]
+        maps = {mid: {**entry, "_parent": shared, "state_json": shared["state_json"],
+                      "history": shared["arrays"]["history"]}
+                for mid, entry in maps.items()}
     if target is None:
         return dict(maps)
     chosen = {mid: entry for mid, entry in maps.items() if str(entry["target"]) == str(target)}

@@ -1,0 +1,300 @@
+"""One conditional map for many conditions: combinations, cell-line transfer, in-distribution, patients.
+
+Protocols (energy distance between predicted and observed cells in 30 PCs fitted on the
+training cells of each fold, lower is better; baselines fitted on the same training cells):
+
+* ``combinations``: ``perturbseq_devel``, the five K562 doubles whose singles are both measured.
+  Each double is left out of training (all lines' other conditions stay in), then predicted
+  from K562 controls. Baselines: ``additive`` (control + shift_A + shift_B), ``best_single``
+  (control + the shift of the single closer to the observed cells: an oracle choice),
+  ``gauss_single`` (the Gaussian map of that single).
+* ``transfer``: the nine perturbations measured in all four lines; each left out in one line
+  (36 folds; the line's other perturbations stay in), predicted from that line's controls.
+  Baselines learned on the other lines, relative to each line's control mean: ``mean_shift``,
+  ``gaussian`` (average of the other lines' Gaussian maps) and ``unconditional`` (issue 6's
+  ``TransportMap`` with ``groups`` = line, fitted on the other lines).
+* ``in_distribution``: all conditions of all lines, 20 % of each condition's cells held out;
+  the conditional map beside separate ``TransportMap`` s (one stacked fit), and the wall time
+  of one conditional fit against one single map at the same iterations.
+* ``gbm``: glioblastoma x panobinostat, leave one patient out, the patient as context (a new
+  patient is encoded from its own control cells) beside mean shift, Gaussian map and issue
+  6's ``TransportMap`` with ``groups`` = patient.
+
+``floor``: two random halves of the observed cells (sampling noise; inflated by the
+V-statistic's bias at half size). ``ratio``: conditional / the better linear baseline
+(``additive`` for combinations).
+
+    NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/conditional.py \
+        [--protocols combinations transfer in_distribution gbm] [--seeds 0] [--n-iters 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scanpy as sc
+from _common import machine, print_table
+from generalisation import PERTURBATIONS, energy, floor, project
+
+from hycnn_sc.models import ConditionalTransportMap, GaussianTransportMap, TransportMap
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DOUBLES = ("MAP2K3+MAP2K6", "KLF1+MAP2K6", "KLF1+TGFBR2", "MAPK1+TGFBR2", "MAP2K3+SLC38A2")
+
+
+def perturbseq():
+    adata = ad.read_h5ad(SHARED / "perturbseq_devel.h5ad")
+    return (adata.X.toarray(), adata.obs["condition"].astype(str).to_numpy(),
+            adata.obs["cell_type"].astype(str).to_numpy())
+
+
+def conditional_fit(z, condition, context, rows, control, n_iters, seed, min_cells=4):
+    """One ConditionalTransportMap on every (perturbation, context) pair within ``rows``."""
+    sources, targets, perts, contexts = [], [], [], []
+    controls = {}
+    for line in np.unique(context[rows]):
+        source = rows & (condition == control) & (context == line)
+        if source.sum() < min_cells:
+            continue
+        controls[line] = z[source]
+        for label in np.unique(condition[rows & (context == line)]):
+            target = rows & (condition == label) & (context == line)
+            if label == control or target.sum() < min_cells:
+                continue
+            sources.append(controls[line])
+            targets.append(z[target])
+            perts.append(label)
+            contexts.append((line,))
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cmap = ConditionalTransportMap(n_iters=n_iters, seed=seed, device="cpu").fit(
+            sources, targets, perts, contexts=contexts)
+    cmap.raw_pairs_ = list(zip(perts, [c[0] for c in contexts], strict=True))
+    return cmap, time.perf_counter() - start
+
+
+def network_alone(cmap, control, pert, context):
+    """The conditional network's own prediction (``λ = 1``), whatever the selection chose."""
+    chosen = cmap.residual_weight_
+    cmap.residual_weight_ = 1.0
+    try:
+        return cmap.transport(control, pert, context=context)
+    finally:
+        cmap.residual_weight_ = chosen
+
+
+def gaussian(source, target, query):
+    return GaussianTransportMap(regularization=1e-3).fit(source, target).transport(query)
+
+
+def verdict(ratio: float) -> str:
+    return "win" if ratio <= 0.99 else "tie" if ratio <= 1.02 else "LOSS"
+
+
+def combinations(seeds, n_iters):
+    x, condition, line = perturbseq()
+    header = ["double", "seed", "identity", "additive", "best_single", "gauss_single",
+              "conditional", "network", "floor", "ratio", "λ", "linear", "fit s"]
+    rows = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        for double in DOUBLES:
+            held = (condition == double) & (line == "k562")
+            train = ~held
+            z = project(x, train, 30, seed)
+            k562 = line == "k562"
+            control = z[train & k562 & (condition == "control")]
+            observed = z[held]
+            cmap, seconds = conditional_fit(z, condition, line, train, "control", n_iters, seed)
+            predicted = cmap.transport(control, double, context=("k562",))
+            singles = double.split("+")
+            shifts = {s: z[k562 & (condition == s)].mean(0) - control.mean(0) for s in singles}
+            scores = {"identity": energy(control, observed),
+                      "additive": energy(control + sum(shifts.values()), observed)}
+            single_scores = {s: energy(control + shifts[s], observed) for s in singles}
+            best = min(single_scores, key=single_scores.get)
+            scores["best_single"] = single_scores[best]
+            scores["gauss_single"] = energy(gaussian(control, z[k562 & (condition == best)], control), observed)
+            scores["conditional"] = energy(predicted, observed)
+            scores["network"] = energy(network_alone(cmap, control, double, ("k562",)), observed)
+            ratio = scores["conditional"] / scores["additive"]
+            rows.append([double, seed, *(f"{scores[k]:.3f}" for k in
+                                         ("identity", "additive", "best_single", "gauss_single",
+                                          "conditional", "network")),
+                         f"{floor(observed, rng):.3f}", f"{ratio:.3f} {verdict(ratio)}",
+                         f"{cmap.residual_weight_:g}", cmap.at(double, ("k562",)).linear_kind_,
+                         f"{seconds:.0f}"])
+    print("## combinations: K562 doubles left out, predicted from K562 controls (30 PCs)")
+    print_table(header, rows)
+
+
+def transfer(seeds, n_iters):
+    x, condition, line = perturbseq()
+    lines = sorted(set(line))
+    header = ["fold", "seed", "identity", "mean_shift", "gaussian", "unconditional",
+              "conditional", "network", "floor", "ratio", "λ", "fit s"]
+    rows, ratios, beats_unconditional = [], [], []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        for held_line in lines:
+            for pert in PERTURBATIONS:
+                held = (condition == pert) & (line == held_line)
+                train = ~held
+                z = project(x, train, 30, seed)
+                control = z[(line == held_line) & (condition == "control")]
+                observed = z[held]
+                cmap, seconds = conditional_fit(z, condition, line, train, "control", n_iters, seed)
+                predicted = cmap.transport(control, pert, context=(held_line,))
+                others = [o for o in lines if o != held_line]
+                shift = np.mean([z[(line == o) & (condition == pert)].mean(0)
+                                 - z[(line == o) & (condition == "control")].mean(0) for o in others], 0)
+                centred = [(z[(line == o) & (condition == "control")] - z[(line == o) & (condition == "control")].mean(0),
+                            z[(line == o) & (condition == pert)] - z[(line == o) & (condition == "control")].mean(0))
+                           for o in others]
+                gauss_maps = [GaussianTransportMap(regularization=1e-3).fit(s, t) for s, t in centred]
+                local = control - control.mean(0)
+                gauss = control.mean(0) + np.mean([m.transport(local) for m in gauss_maps], 0)
+                source_rows = (line != held_line) & (condition == "control")
+                target_rows = (line != held_line) & (condition == pert)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    tmap = TransportMap(n_iters=n_iters, seed=seed, device="cpu").fit(
+                        z[source_rows], z[target_rows], source_groups=line[source_rows],
+                        target_groups=line[target_rows])
+                scores = {"identity": energy(control, observed),
+                          "mean_shift": energy(control + shift, observed),
+                          "gaussian": energy(gauss, observed),
+                          "unconditional": energy(tmap.transport(control, groups=np.full(len(control), held_line)), observed),
+                          "conditional": energy(predicted, observed),
+                          "network": energy(network_alone(cmap, control, pert, (held_line,)), observed)}
+                ratio = scores["conditional"] / min(scores["mean_shift"], scores["gaussian"])
+                ratios.append(ratio)
+                beats_unconditional.append(scores["conditional"] < scores["unconditional"])
+                rows.append([f"{held_line}:{pert}", seed, *(f"{scores[k]:.3f}" for k in
+                             ("identity", "mean_shift", "gaussian", "unconditional", "conditional",
+                              "network")),
+                             f"{floor(observed, rng):.3f}", f"{ratio:.3f} {verdict(ratio)}",
+                             f"{cmap.residual_weight_:g}", f"{seconds:.0f}"])
+    print("## transfer: a perturbation left out in one cell line, predicted from that line's controls")
+    print_table(header, rows)
+    ratios = np.asarray(ratios)
+    print(f"\ntransfer: {len(ratios)} folds; conditional beats both linear baselines (ratio < 1) on "
+          f"{(ratios < 1).mean():.0%}, within 2 % on {(ratios <= 1.02).mean():.0%}; beats the "
+          f"unconditional map on {np.mean(beats_unconditional):.0%}; mean ratio {ratios.mean():.3f}\n")
+
+
+def in_distribution(seeds, n_iters):
+    x, condition, line = perturbseq()
+    header = ["seed", "pairs", "separate (mean)", "conditional (mean)", "relative", "λ",
+              "network (mean)", "floor (mean)",
+              "separate fit s", "single map s", "conditional s", "cond / single"]
+    rows = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        held = rng.random(len(condition)) < 0.2
+        train = ~held
+        z = project(x, train, 30, seed)
+        cmap, cond_seconds = conditional_fit(z, condition, line, train, "control", n_iters, seed)
+        pairs = cmap.raw_pairs_
+        sources = {lin: z[train & (line == lin) & (condition == "control")] for lin in set(line)}
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            maps = TransportMap.fit_many(
+                [sources[lin] for _, lin in pairs],
+                [z[train & (line == lin) & (condition == p)] for p, lin in pairs],
+                n_iters=n_iters, seed=seed, device="cpu")
+        separate_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            TransportMap(n_iters=n_iters, seed=seed, device="cpu", residual=1.0).fit(
+                sources["k562"], z[train & (line == "k562") & (condition == "KLF1")])
+        single_seconds = time.perf_counter() - start
+        separate, conditional, network, floors = [], [], [], []
+        for (pert, lin), tmap in zip(pairs, maps, strict=True):
+            control = z[held & (line == lin) & (condition == "control")]
+            observed = z[held & (line == lin) & (condition == pert)]
+            if len(observed) < 4 or len(control) < 10:
+                continue
+            separate.append(energy(tmap.transport(control), observed))
+            conditional.append(energy(cmap.transport(control, pert, context=(lin,)), observed))
+            network.append(energy(network_alone(cmap, control, pert, (lin,)), observed))
+            floors.append(energy(z[train & (line == lin) & (condition == pert)], observed))
+        rows.append([seed, len(separate), f"{np.mean(separate):.3f}", f"{np.mean(conditional):.3f}",
+                     f"{np.mean(conditional) / np.mean(separate):.3f}", f"{cmap.residual_weight_:g}",
+                     f"{np.mean(network):.3f}", f"{np.mean(floors):.3f}",
+                     f"{separate_seconds:.0f}", f"{single_seconds:.0f}", f"{cond_seconds:.0f}",
+                     f"{cond_seconds / single_seconds:.2f}"])
+    print("## in_distribution: every (perturbation, line), 20 % of cells held out; same n_iters")
+    print_table(header, rows)
+
+
+def gbm(seeds, n_iters):
+    adata = ad.read_h5ad(SHARED / "glioblastoma_panobinostat.h5ad")
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    x = adata.X.toarray()
+    patients = adata.obs["patient_id"].astype(str).to_numpy()
+    condition = adata.obs["condition"].astype(str).to_numpy()
+    header = ["patient", "seed", "identity", "mean_shift", "gaussian", "unconditional",
+              "conditional", "network", "floor", "ratio", "λ", "fit s"]
+    rows = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        for held in sorted(set(patients)):
+            train = patients != held
+            z = project(x, train, 30, seed)
+            control = z[~train & (condition == "ctrl")]
+            observed = z[~train & (condition == "panobinostat")]
+            cmap, seconds = conditional_fit(z, condition, patients, train, "ctrl", n_iters, seed)
+            predicted = cmap.transport(control, "panobinostat", context=(held,))
+            source_rows, target_rows = train & (condition == "ctrl"), train & (condition == "panobinostat")
+            shift = z[target_rows].mean(0) - z[source_rows].mean(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tmap = TransportMap(n_iters=n_iters, seed=seed, device="cpu").fit(
+                    z[source_rows], z[target_rows], source_groups=patients[source_rows],
+                    target_groups=patients[target_rows])
+            scores = {"identity": energy(control, observed),
+                      "mean_shift": energy(control + shift, observed),
+                      "gaussian": energy(gaussian(z[source_rows], z[target_rows], control), observed),
+                      "unconditional": energy(tmap.transport(control, groups=np.full(len(control), held)), observed),
+                      "conditional": energy(predicted, observed),
+                      "network": energy(network_alone(cmap, control, "panobinostat", (held,)), observed)}
+            ratio = scores["conditional"] / scores["unconditional"]
+            rows.append([held, seed, *(f"{scores[k]:.3f}" for k in
+                         ("identity", "mean_shift", "gaussian", "unconditional", "conditional",
+                          "network")),
+                         f"{floor(observed, rng):.3f}", f"{ratio:.3f} {verdict(ratio)}",
+                         f"{cmap.residual_weight_:g}", f"{seconds:.0f}"])
+    print("## gbm: leave one patient out, patient as context (ratio: conditional / unconditional)")
+    print_table(header, rows)
+
+
+PROTOCOLS = {"combinations": combinations, "transfer": transfer,
+             "in_distribution": in_distribution, "gbm": gbm}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--n-iters", type=int, default=1000)
+    parser.add_argument("--transfer-n-iters", type=int, default=None,
+                        help="n_iters of the 36 transfer folds (default: --n-iters)")
+    args = parser.parse_args()
+    print(f"# conditional maps — {machine()}; n_iters={args.n_iters}, seeds={args.seeds}\n")
+    for name in args.protocols:
+        n_iters = args.transfer_n_iters if name == "transfer" and args.transfer_n_iters else args.n_iters
+        PROTOCOLS[name](args.seeds, n_iters)
+
+
+if __name__ == "__main__":
+    main()
