@@ -87,6 +87,16 @@ def _execute(nb, check_cell: str, tmp_path, monkeypatch) -> dict:
     return json.loads(line[len("TUTORIAL_CHECK ") :])
 
 
+def _n_figures(nb) -> int:
+    """Figures drawn by the executed notebook's code cells."""
+    return sum(
+        "image/png" in output.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+
+
 def test_tutorial_runs(tmp_path, monkeypatch):
     nb = _load()
     report = _execute(nb, CHECK_CELL, tmp_path, monkeypatch)
@@ -150,13 +160,7 @@ def test_glioblastoma_tutorial_runs(tmp_path, monkeypatch):
     assert report["methods"] == ["gaussian_ot", "hycnn", "identity", "mean_shift", "observed"]
     assert report["finite"]
     # Every figure cell drew something.
-    n_figures = sum(
-        "image/png" in output.get("data", {})
-        for cell in nb.cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
-    )
-    assert n_figures >= 4
+    assert _n_figures(nb) >= 4
 
 
 SCVI_TUTORIAL = ROOT / "tutorials" / "kang_scvi.ipynb"
@@ -202,10 +206,4 @@ def test_scvi_tutorial_runs(tmp_path, monkeypatch):
         report["columns"])
     assert "all" in report["groups"] and "CD14 Mono" in report["groups"]
     assert -1.0 <= report["hycnn_pearson_delta"] <= 1.0
-    n_figures = sum(
-        "image/png" in output.get("data", {})
-        for cell in nb.cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
-    )
-    assert n_figures >= 2
+    assert _n_figures(nb) >= 2

@@ -124,6 +124,11 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b) / denominator if denominator > 0 else float("nan")
 
 
+def _mean_profile_difference(pred: Any, obs: Any) -> np.ndarray:
+    mean_pred, mean_obs = _means(("pred", pred), ("obs", obs))
+    return mean_pred - mean_obs
+
+
 def mse_mean(pred: Any, obs: Any) -> float:
     r"""Mean over genes of the squared difference of mean profiles (cell-eval's ``mse``).
 
@@ -144,23 +149,12 @@ def mse_mean(pred: Any, obs: Any) -> float:
     >>> mse_mean(np.array([[2.0, 2.0]]), np.array([[0.0, 0.0], [0.0, 2.0]]))
     2.5
     """
-    mean_pred, mean_obs = _means(("pred", pred), ("obs", obs))
-    return float(np.mean((mean_pred - mean_obs) ** 2))
+    return float(np.mean(_mean_profile_difference(pred, obs) ** 2))
 
 
 def mae_mean(pred: Any, obs: Any) -> float:
-    r"""Mean over genes of the absolute difference of mean profiles (cell-eval's ``mae``).
-
-    .. math:: \frac{1}{G} \sum_g \lvert \bar p_g - \bar o_g \rvert
-
-    Parameters
-    ----------
-    pred, obs
-        Predicted and observed perturbed cells, ``[n, genes]`` and ``[m, genes]``.
-
-    Returns
-    -------
-    float
+    r"""As :func:`mse_mean` with absolute differences (cell-eval's ``mae``):
+    :math:`\frac{1}{G} \sum_g \lvert \bar p_g - \bar o_g \rvert`.
 
     Examples
     --------
@@ -168,8 +162,7 @@ def mae_mean(pred: Any, obs: Any) -> float:
     >>> mae_mean(np.array([[2.0, 2.0]]), np.array([[0.0, 0.0], [0.0, 2.0]]))
     1.5
     """
-    mean_pred, mean_obs = _means(("pred", pred), ("obs", obs))
-    return float(np.mean(np.abs(mean_pred - mean_obs)))
+    return float(np.mean(np.abs(_mean_profile_difference(pred, obs))))
 
 
 class DifferentialExpression(NamedTuple):
