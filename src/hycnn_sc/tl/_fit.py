@@ -256,6 +256,26 @@ def fit_transport(
         Fraction of every (label, stratum) group's cells held out of training and marked in
         ``obs`` for :func:`evaluate`. ``0`` (default): the maps use every cell (their own
         selection split is ``selection_fraction`` of the training cells).
+    conditional
+        Fit one :class:`~hycnn_sc.models.ConditionalTransportMap` for every target (and
+        covariate value, and dose) present instead of one map per target: a single network
+        ``f(x, c)``, convex in ``x`` for every condition ``c``, trained on all conditions
+        together. It predicts any combination whose singles were seen
+        (``predict(target="A+B")``) and a context (cell line, patient) never seen, from its
+        control cells. ``split_by`` and ``groups`` do not apply (pass those columns as
+        ``covariates``); model arguments are those of ``ConditionalTransportMap``.
+    covariates
+        With ``conditional=True``: ``obs`` column(s) of the context (cell type, cell line,
+        patient; labels, no missing values). Each context's cells are mapped from its own
+        control cells; stored map entries are named ``"<target>|<value>"``.
+    combination_sep
+        With ``conditional=True``: the separator of singles in a combination label
+        (``"KLF1+MAP2K6"``).
+    dose_key
+        With ``conditional=True``: numeric ``obs`` column (e.g. log-dose; finite for every
+        cell, controls included) that enters the condition. Every (target, covariates, dose)
+        gets a condition; ``obsm`` holds predictions at each target's largest dose (others:
+        ``predict(..., dose=)``).
     seed
         Seed of the held-out split and of training; the same seed gives bit-identical maps
         and predictions on CPU. ``None`` draws a seed, which is stored in
