@@ -190,3 +190,16 @@ def test_same_seed_same_map():
 def test_not_fitted_error():
     with pytest.raises(RuntimeError, match="not fitted"):
         ConditionalTransportMap().transport(np.zeros((3, 2)), "A")
+
+
+def test_stacked_samples_draw_from_the_active_clouds_only():
+    from hycnn_sc.models._minimax import StackedSamples
+
+    clouds = [np.full((5, 2), float(k), dtype=np.float32) for k in range(4)]
+    samples = StackedSamples(clouds, torch.device("cpu"))
+    samples.active = torch.tensor([1, 3])
+    batch = samples.sample(7, torch.Generator().manual_seed(0))
+    assert batch.shape == (2, 7, 2)
+    assert (batch[0] == 1).all() and (batch[1] == 3).all()
+    samples.active = None
+    assert samples.sample(3, torch.Generator().manual_seed(0)).shape == (4, 3, 2)
