@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
-import json
 import math
-import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -16,21 +12,17 @@ import torch
 from torch import nn
 
 from ._convex_base import potential_gradient
-from ._factory import DEFAULT_HIDDEN, POTENTIALS, check_model_name
+from ._estimator import MinimaxEstimator
 from ._minimax import MinimaxSettings, StackedSamples, train_minimax, warm_start
 from ._selection import MAX_SCORED_CELLS, SHRINKAGE_GRID, choose_linear, choose_residual, fit_linear
-from ._utils import as_float_array, check_hidden, check_positive, make_generator, resolve_device
+from ._utils import as_float_array, check_hidden, make_generator, resolve_device
 from .conditional import ConditionalHyCNN, ConditionalICNN, ConditionalPotential, ConditionEncoder
-from .gaussian import check_shrinkage
-from .schedules import check_tau_schedule
 from .transport import (
     DEFAULT_QUADRATIC,
-    DEFAULT_TAU,
     MIN_GROUP_POINTS,
     MIN_RESIDUAL_CELLS,
     MIN_VALIDATION_POINTS,
     WARM_START_LR,
-    _json_default,
 )
 
 FORMAT = "hycnn_sc.ConditionalTransportMap"
@@ -92,7 +84,7 @@ class _Bound(nn.Module):
         return self.potential(x, self.conditions(self.active, self.unknown))
 
 
-class ConditionalTransportMap:
+class ConditionalTransportMap(MinimaxEstimator):
     """Squared-distance OT maps of many conditions from one partially input-convex network.
 
     One potential ``f(x, c)``, convex in the cell state ``x`` for every condition vector ``c``
@@ -222,78 +214,18 @@ class ConditionalTransportMap:
             if name != "self":
                 setattr(self, name, value)
 
-    # ------------------------------------------------------------------ parameters
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    _positive_ints = ("n_iters", "inner_steps", "batch_size", "conditions_per_step", "embedding_dim")
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Constructor arguments, as scikit-learn's ``get_params``."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> ConditionalTransportMap:
-        """Set constructor arguments, as scikit-learn's ``set_params``."""
-        for name, value in params.items():
-            if name not in self._param_names():
-                raise ValueError(f"Unknown parameter {name!r}; valid: {self._param_names()}.")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = {n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items()}
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults.get(k)]
-        return f"{type(self).__name__}({', '.join(changed)})"
-
-    def _resolved_hidden(self) -> tuple[int, ...]:
-        return check_hidden(DEFAULT_HIDDEN[self.model] if self.hidden is None else self.hidden)
-
-    def _resolved_tau(self) -> float | None:
-        if self.model == "hycnn":
-            return DEFAULT_TAU if self.tau is None else float(self.tau)
-        return self.tau
-
-    def _validate_params(self) -> None:
-        check_model_name(self.model, tuple(POTENTIALS))
-        self._resolved_hidden()
+    def _validate_own(self) -> None:
         if len(self.condition_hidden):
             check_hidden(self.condition_hidden)
-        if self.model == "hycnn":
-            check_positive(self._resolved_tau(), "tau", allow_zero=True)
-            check_tau_schedule(self.tau_schedule, self._resolved_tau(), self.tau_final, self.tau_cycles)
-        elif self.tau is not None or self.tau_schedule is not None:
-            raise ValueError("tau and tau_schedule only apply to model='hycnn'; leave them None.")
-        for name in ("n_iters", "inner_steps", "batch_size", "conditions_per_step", "embedding_dim"):
-            check_positive(getattr(self, name), name, integer=True)
-        check_positive(self.warm_start_iters, "warm_start_iters", integer=True, allow_zero=True)
-        check_positive(self.lr, "lr")
-        if not 0 < self.lr_final_fraction <= 1:
-            raise ValueError(f"lr_final_fraction must lie in (0, 1], got {self.lr_final_fraction!r}.")
-        if not 0 <= self.lr_warmup_fraction < 1:
-            raise ValueError(f"lr_warmup_fraction must lie in [0, 1), got {self.lr_warmup_fraction!r}.")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}.")
         if self.warm_start not in ("gaussian", None):
             raise ValueError(f"warm_start must be 'gaussian' or None, got {self.warm_start!r}.")
-        for name, meaning in (("shrinkage", "0: Gaussian OT map, 1: mean shift"),
-                              ("residual", "0: the linear map, 1: the network alone")):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                if value != "auto":
-                    raise ValueError(f"{name} must be 'auto' or a number in [0, 1] ({meaning}), got {value!r}.")
-            else:
-                check_shrinkage(value, name, meaning)
         if isinstance(self.context_dropout, bool) or not (
                 isinstance(self.context_dropout, (int, float)) and 0 <= self.context_dropout < 1):
             raise ValueError(f"context_dropout must lie in [0, 1), got {self.context_dropout!r}.")
         if not isinstance(self.combination_sep, str) or not self.combination_sep:
             raise ValueError(f"combination_sep must be a non-empty string, got {self.combination_sep!r}.")
-        if not 0 <= self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction!r}.")
-        if self.validation_every is not None:
-            check_positive(self.validation_every, "validation_every", integer=True)
-        if self.network_kwargs is not None and not isinstance(self.network_kwargs, dict):
-            raise TypeError(f"network_kwargs must be a dict or None, got {self.network_kwargs!r}.")
-        resolve_device(self.device)
 
     # ------------------------------------------------------------------ conditions
     def split_singles(self, perturbation: str) -> list[str]:
@@ -794,28 +726,6 @@ class ConditionalTransportMap:
                 "truncated, tampered with or was not written by hycnn_sc; refit the map."
             ) from None
         return cmap
-
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
-        """Save to directory ``path``: ``params.json`` and ``weights.pt`` (tensors only)."""
-        state = self.get_state()
-        directory = Path(path)
-        if directory.exists() and not overwrite:
-            raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {name: torch.as_tensor(value) for name, value in state.pop("arrays").items()}
-        torch.save(tensors, directory / "weights.pt")
-        (directory / "params.json").write_text(json.dumps(state, indent=2, default=_json_default))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str = "auto") -> ConditionalTransportMap:
-        """Load a map written by :meth:`save` (``torch.load(weights_only=True)``)."""
-        directory = Path(path)
-        if not (directory / "params.json").is_file() or not (directory / "weights.pt").is_file():
-            raise FileNotFoundError(f"{directory} does not hold a saved ConditionalTransportMap.")
-        state = json.loads((directory / "params.json").read_text())
-        tensors = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
-        state["arrays"] = {name: value.numpy() for name, value in tensors.items()}
-        return cls.from_state(state, device=device)
 
 
 class FixedConditionMap:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
-import json
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -17,7 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ._convex_base import ConvexPotential, potential_gradient
-from ._factory import DEFAULT_HIDDEN, POTENTIALS, build_potential, check_model_name
+from ._estimator import MinimaxEstimator
+from ._factory import build_potential
 from ._minimax import MinimaxSettings, StackedSamples, train_minimax, warm_start
 from ._selection import (
     FRAMES,
@@ -31,10 +28,9 @@ from ._selection import (
     group_means,
     paired_groups,
 )
-from ._utils import as_float_array, check_hidden, check_positive, make_generator, resolve_device
-from .gaussian import GaussianTransportMap, check_shrinkage
+from ._utils import as_float_array, check_positive, make_generator, resolve_device
+from .gaussian import GaussianTransportMap
 from .objectives import dual_w2_squared
-from .schedules import check_tau_schedule
 
 FORMAT = "hycnn_sc.TransportMap"
 #: 2: linear part, residual weight, frame and group means (hycnn_sc 0.2).
@@ -49,11 +45,6 @@ WARM_START_LR = 1e-2
 #: Ridge (relative to the mean feature variance) of the covariances of the Gaussian warm start
 #: and of the Gaussian OT baseline in ``tl.evaluate``: defined with fewer cells than features.
 GAUSSIAN_RIDGE = 1e-3
-#: HyCNN gate temperature used when ``tau=None`` (standardised units). Measured on held-out
-#: Kang 2018 cells (benchmarks/results_kang_*.txt): 0.3 beat the closed-form Gaussian map by
-#: ~28 % in energy distance on 11k training cells, where the paper's OT setting 10 (nearly
-#: affine gates at unit-variance pre-activations) did not beat it.
-DEFAULT_TAU = 0.3
 #: Initial strength of the isotropic quadratic term added to both potentials by default.
 DEFAULT_QUADRATIC = 0.1
 #: Fewest held-out points a side for the residual test to keep a network (else λ = 0).
@@ -66,7 +57,7 @@ MIN_GROUP_POINTS = 10
 INFERENCE_BATCH = 32768
 
 
-class TransportMap:
+class TransportMap(MinimaxEstimator):
     """Squared-distance optimal-transport map between two point clouds, learned with convex networks.
 
     Two convex potentials are trained with the minimax semi-dual of Makkuva et al. (2020):
@@ -256,82 +247,13 @@ class TransportMap:
         self.seed = seed
         self.progress = progress
 
-    # ------------------------------------------------------------------ parameters
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Constructor arguments, as scikit-learn's ``get_params``."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> TransportMap:
-        """Set constructor arguments, as scikit-learn's ``set_params``."""
-        for name, value in params.items():
-            if name not in self._param_names():
-                raise ValueError(f"Unknown parameter {name!r}; valid: {self._param_names()}.")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = {
-            name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()
-        }
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults.get(k)]
-        return f"{type(self).__name__}({', '.join(changed)})"
-
-    def _resolved_hidden(self) -> tuple[int, ...]:
-        return check_hidden(DEFAULT_HIDDEN[self.model] if self.hidden is None else self.hidden)
-
-    def _resolved_tau(self) -> float | None:
-        if self.model == "hycnn":
-            return DEFAULT_TAU if self.tau is None else float(self.tau)
-        return self.tau
-
-    def _validate_params(self) -> None:
-        check_model_name(self.model, tuple(POTENTIALS))
-        self._resolved_hidden()
-        if self.model == "hycnn":
-            check_positive(self._resolved_tau(), "tau", allow_zero=True)
-        elif self.tau is not None:
-            raise ValueError(f"tau={self.tau!r} only applies to model='hycnn'; use tau=None.")
-        for name in ("n_iters", "inner_steps", "batch_size"):
-            check_positive(getattr(self, name), name, integer=True)
-        check_positive(self.warm_start_iters, "warm_start_iters", integer=True, allow_zero=True)
-        check_positive(self.lr, "lr")
-        if not 0 < self.lr_final_fraction <= 1:
-            raise ValueError(f"lr_final_fraction must lie in (0, 1], got {self.lr_final_fraction!r}.")
-        if not 0 <= self.lr_warmup_fraction < 1:
-            raise ValueError(f"lr_warmup_fraction must lie in [0, 1), got {self.lr_warmup_fraction!r}.")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}.")
-        if self.model == "hycnn":
-            check_tau_schedule(self.tau_schedule, self._resolved_tau(), self.tau_final, self.tau_cycles)
-        elif self.tau_schedule is not None:
-            raise ValueError("tau_schedule only applies to model='hycnn'.")
+    def _validate_own(self) -> None:
         if self.warm_start not in WARM_STARTS:
             raise ValueError(f"Unknown warm_start {self.warm_start!r}; choose one of {WARM_STARTS}.")
-        meanings = {"shrinkage": "0: Gaussian OT map, 1: mean shift",
-                    "residual": "0: the linear map, 1: the network alone"}
-        for name, meaning in meanings.items():
-            value = getattr(self, name)
-            if isinstance(value, str) and value != "auto":
-                raise ValueError(f"{name} must be 'auto' or a number in [0, 1] ({meaning}), got {value!r}.")
-            if not isinstance(value, str):
-                check_shrinkage(value, name, meaning)
         if self.frame not in ("auto", *FRAMES):
             raise ValueError(
                 f"Unknown frame {self.frame!r}; choose 'auto', 'global', 'group' or 'within'."
             )
-        if not 0 <= self.validation_fraction < 1:
-            raise ValueError(
-                f"validation_fraction must lie in [0, 1), got {self.validation_fraction!r}."
-            )
-        if self.validation_every is not None:
-            check_positive(self.validation_every, "validation_every", integer=True)
-        resolve_device(self.device)
-        if self.network_kwargs is not None and not isinstance(self.network_kwargs, dict):
-            raise TypeError(f"network_kwargs must be a dict or None, got {self.network_kwargs!r}.")
 
     # ------------------------------------------------------------------ fitting
     def fit(self, source, target, *, source_groups=None, target_groups=None) -> TransportMap:
@@ -842,56 +764,7 @@ class TransportMap:
         tmap.device_ = str(resolve_device(device))
         return tmap
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
-        """Save to directory ``path``: ``params.json`` (metadata) and ``weights.pt`` (tensors).
-
-        ``weights.pt`` holds only tensors, so :meth:`load` reads it with
-        ``torch.load(weights_only=True)``: no pickled code is ever executed.
-        """
-        state = self.get_state()
-        directory = Path(path)
-        if directory.exists() and not overwrite:
-            raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it.")
-        if directory.exists() and not directory.is_dir():
-            raise FileExistsError(f"{directory} is a file; save() writes a directory.")
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {name: torch.as_tensor(value) for name, value in state.pop("arrays").items()}
-        torch.save(tensors, directory / "weights.pt")
-        (directory / "params.json").write_text(json.dumps(state, indent=2, default=_json_default))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str = "auto") -> TransportMap:
-        """Load a map written by :meth:`save`."""
-        directory = Path(path)
-        params_file, weights_file = directory / "params.json", directory / "weights.pt"
-        if not params_file.is_file() or not weights_file.is_file():
-            raise FileNotFoundError(
-                f"{directory} does not hold a saved TransportMap (expected params.json and "
-                "weights.pt written by TransportMap.save)."
-            )
-        try:
-            state = json.loads(params_file.read_text())
-            # weights_only=True: tensors and plain containers only, never arbitrary pickled code.
-            tensors = torch.load(weights_file, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many types for junk: report them all alike
-            raise ValueError(
-                f"{directory} is not a readable TransportMap save ({type(error).__name__}: "
-                f"{error}); it is truncated or was not written by TransportMap.save."
-            ) from None
-        if (not isinstance(state, dict) or not isinstance(tensors, dict)
-                or not all(isinstance(v, torch.Tensor) for v in tensors.values())):
-            raise ValueError(f"{directory} is not a TransportMap save (unexpected content).")
-        state["arrays"] = {name: value.numpy() for name, value in tensors.items()}
-        return cls.from_state(state, device=device)
-
-
 # ---------------------------------------------------------------------- helpers
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def _check_pairs(sources, targets, source_groups=None, target_groups=None) -> list[_Pair]:
     converted: dict[int, np.ndarray] = {}
 

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ..models._estimator import json_default
 from ..models.conditional_transport import ConditionalTransportMap, FixedConditionMap
 from ..models.transport import TransportMap
 
@@ -97,7 +98,7 @@ def encode_map(tmap: TransportMap, target: str, stratum: str | None) -> dict[str
     entry: dict[str, Any] = {
         "target": str(target),
         "stratum": "" if stratum is None else str(stratum),
-        "state_json": json.dumps(state, default=_json_default),
+        "state_json": json.dumps(state, default=json_default),
         "center": arrays.pop("center"),
     }
     for group in _ARRAY_GROUPS:
@@ -121,7 +122,7 @@ def encode_conditional(cmap: ConditionalTransportMap) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return {"state_json": json.dumps(state, default=_json_default), "arrays": nested}
+    return {"state_json": json.dumps(state, default=json_default), "arrays": nested}
 
 
 def decode_conditional(stored: Any, *, device: str = "auto") -> ConditionalTransportMap:
@@ -190,12 +191,6 @@ def decode_map(entry: Any, *, device: str = "auto",
         return TransportMap.from_state(state, device=device)
     except (KeyError, TypeError, ValueError) as error:  # some fitted scalars are read unguarded
         raise broken(error) from None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 #: Entries of ``params`` that predict and evaluate rely on.
