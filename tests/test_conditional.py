@@ -203,3 +203,14 @@ def test_stacked_samples_draw_from_the_active_clouds_only():
     assert (batch[0] == 1).all() and (batch[1] == 3).all()
     samples.active = None
     assert samples.sample(3, torch.Generator().manual_seed(0)).shape == (4, 3, 2)
+
+
+def test_fit_leaves_the_global_random_state_alone():
+    rng = np.random.default_rng(6)
+    control, labels, targets = _three_conditions(rng)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ConditionalTransportMap(**{**FAST, "n_iters": 2, "warm_start_iters": 0}).fit(
+        [control] * 3, targets, labels)
+    assert torch.equal(torch.rand(3), expected)

@@ -390,7 +390,12 @@ class ConditionalTransportMap(MinimaxEstimator):
 
     def _build(self, device: torch.device, generator: torch.Generator) -> None:
         """Create encoders and potentials (seeded) for the fitted vocabularies."""
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):  # seeded layers, the caller's RNG untouched
+            torch.manual_seed(seed)
+            self._build_seeded(device, generator)
+
+    def _build_seeded(self, device: torch.device, generator: torch.Generator) -> None:
         kwargs = {"isotropic_quadratic": DEFAULT_QUADRATIC, **(self.network_kwargs or {})}
         for prefix in ("f", "g"):
             encoder = ConditionEncoder(

@@ -352,6 +352,10 @@ def transport_map(adata: AnnData, *, key: str = "hycnn", target: str | None = No
                   stratum: str | None = None, device: str = "auto") -> TransportMap:
     """The fitted :class:`~hycnn_sc.models.TransportMap` of one target, rebuilt from storage.
 
+    For a conditional fit: the shared :class:`~hycnn_sc.models.ConditionalTransportMap` at
+    that target's condition (``FixedConditionMap``, with ``transport``/``inverse``; its
+    ``parent`` is the whole conditional map).
+
     Use it to see what the fit chose (``frame_``, ``shrinkage_``, ``residual_weight_`` and the
     held-out scores in ``selection_``), to apply the map to arrays, or to ``save`` it.
 
