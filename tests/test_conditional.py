@@ -150,7 +150,9 @@ def test_contexts_new_context_from_its_own_controls():
     with pytest.raises(ValueError, match="at least 10 needed"):
         cmap.transport(new_line[:3], "P", context=("L4",))
     kind = cmap.at("P", ("L4",)).linear_kind_
-    assert kind == "transfer"
+    assert kind == "transfer" and ("P", None) in cmap.transfer_
+    again = ConditionalTransportMap.from_state(cmap.get_state(), device="cpu")
+    np.testing.assert_array_equal(again.transport(new_line, "P", context=("L4",)), moved)
 
 
 def test_doses_enter_the_condition():

@@ -14,7 +14,14 @@ from torch import nn
 from ._convex_base import potential_gradient
 from ._estimator import MinimaxEstimator
 from ._minimax import MinimaxSettings, StackedSamples, train_minimax, warm_start
-from ._selection import MAX_SCORED_CELLS, SHRINKAGE_GRID, choose_linear, choose_residual, fit_linear
+from ._selection import (
+    MAX_SCORED_CELLS,
+    SHRINKAGE_GRID,
+    choose_linear,
+    choose_residual,
+    fit_linear,
+    fit_linear_in_frame,
+)
 from ._utils import as_float_array, check_hidden, make_generator, resolve_device
 from .conditional import ConditionalHyCNN, ConditionalICNN, ConditionalPotential, ConditionEncoder
 from .transport import (
@@ -342,6 +349,7 @@ class ConditionalTransportMap(MinimaxEstimator):
         self.linear_ = [_affine(lin) for lin in linear_all]
         self.shrinkage_ = np.asarray(chosen, dtype=float)
         self.shift_ = np.stack([t.mean(axis=0) - s.mean(axis=0) for s, t in standard]).astype(np.float64)
+        self.transfer_ = self._transfer_parts(standard, shrinkages, rng)
         self.seed_ = seed
         self.device_ = str(device)
         self._build(device, generator)
@@ -387,6 +395,32 @@ class ConditionalTransportMap(MinimaxEstimator):
         self.selection_ = {"shrinkage_per_condition": [float(v) for v in chosen], **record}
         self.residual_weight_ = self._choose_residual(held, linear_train, train_network, rng)
         return self
+
+    def _transfer_parts(self, standard, shrinkages, rng) -> dict[tuple[str, float | None], tuple]:
+        """Linear parts for a perturbation in a context where it was not measured.
+
+        For every (perturbation, dose) measured in two or more contexts: the frame
+        (``"global"`` over the context-centred cells, or ``"within"``: the average of the
+        per-context maps) and shrinkage chosen by leave-one-context-out, as
+        :class:`TransportMap` chooses them with groups, fitted on all its contexts.
+        """
+        parts = {}
+        keys = {(c.perturbation, c.dose) for c in self.conditions_}
+        for key in sorted(keys, key=str):
+            rows = [k for k, c in enumerate(self.conditions_) if (c.perturbation, c.dose) == key]
+            if len({self.conditions_[k].context for k in rows}) < 2:
+                continue
+            source = np.concatenate([standard[k][0] for k in rows])
+            target = np.concatenate([standard[k][1] for k in rows])
+            labels = [np.concatenate([np.full(len(standard[k][side]), str(k)) for k in rows])
+                      for side in (0, 1)]
+            frame, gamma, _ = choose_linear(
+                source, target, frames=("global", "within"), shrinkages=shrinkages,
+                source_labels=labels[0], target_labels=labels[1],
+                held_source=np.zeros(len(source), bool), held_target=np.zeros(len(target), bool),
+                rng=rng)
+            parts[key] = _affine(fit_linear_in_frame(source, target, frame, gamma, *labels))
+        return parts
 
     def _build(self, device: torch.device, generator: torch.Generator) -> None:
         """Create encoders and potentials (seeded) for the fitted vocabularies."""
@@ -552,14 +586,19 @@ class ConditionalTransportMap(MinimaxEstimator):
     def linear_part(self, condition: Condition) -> tuple[np.ndarray, np.ndarray, str]:
         """``(A, b, kind)`` of the linear part ``x ↦ x A + b`` (standardised, context-centred).
 
-        ``kind`` is ``"seen"`` (the condition's own map), ``"transfer"`` (the average of the
-        same perturbation's maps in other contexts or doses) or ``"additive"`` (the identity
-        plus the sum of the singles' mean shifts, each averaged over the contexts where the
-        single was measured alone, preferring the query's context).
+        ``kind`` is ``"seen"`` (the condition's own map), ``"transfer"`` (the same
+        perturbation's linear part across the contexts where it was measured, its frame and
+        shrinkage chosen by leave-one-context-out at fit time; for another dose, the average
+        of its maps at the measured doses) or ``"additive"`` (the identity plus the sum of the
+        singles' mean shifts, each averaged over the contexts where the single was measured
+        alone, preferring the query's context).
         """
         if condition in self.conditions_:
             matrix, offset = self.linear_[self.conditions_.index(condition)]
             return matrix, offset, "seen"
+        if (condition.perturbation, condition.dose) in self.transfer_:
+            matrix, offset = self.transfer_[(condition.perturbation, condition.dose)]
+            return matrix, offset, "transfer"
         same = [k for k, c in enumerate(self.conditions_) if c.perturbation == condition.perturbation]
         if same:
             return (np.mean([self.linear_[k][0] for k in same], axis=0),
@@ -652,6 +691,10 @@ class ConditionalTransportMap(MinimaxEstimator):
         arrays["linear/matrix"] = np.stack([m for m, _ in self.linear_])
         arrays["linear/offset"] = np.stack([b for _, b in self.linear_])
         arrays["shift"] = self.shift_
+        transfer = list(self.transfer_)
+        if transfer:
+            arrays["transfer/matrix"] = np.stack([self.transfer_[k][0] for k in transfer])
+            arrays["transfer/offset"] = np.stack([self.transfer_[k][1] for k in transfer])
         arrays["shrinkage"] = self.shrinkage_
         contexts = list(self.context_means_)
         arrays["context/means"] = np.stack([self.context_means_[c] for c in contexts])
@@ -671,6 +714,7 @@ class ConditionalTransportMap(MinimaxEstimator):
             "converged_": self.converged_, "interrupted_": self.interrupted_,
             "residual_weight_": self.residual_weight_, "selection_": self.selection_,
             "tau_": self.f_.tau,
+            "transfer_": [[label, dose] for label, dose in transfer],
         }
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "params": params,
                 "fitted": fitted, "arrays": arrays}
@@ -705,6 +749,11 @@ class ConditionalTransportMap(MinimaxEstimator):
             cmap.linear_ = [(matrices[k].astype(np.float64), offsets[k].astype(np.float64))
                             for k in range(len(cmap.conditions_))]
             cmap.shift_ = np.asarray(arrays["shift"], dtype=np.float64)
+            keys = [(str(label), None if dose is None else float(dose))
+                    for label, dose in fitted["transfer_"]]
+            cmap.transfer_ = {key: (np.asarray(arrays["transfer/matrix"][i], dtype=np.float64),
+                                    np.asarray(arrays["transfer/offset"][i], dtype=np.float64))
+                              for i, key in enumerate(keys)}
             cmap.shrinkage_ = np.asarray(arrays["shrinkage"], dtype=float)
             for name in ("seed_", "n_params_", "best_iteration_"):
                 setattr(cmap, name, int(fitted[name]))
