@@ -81,6 +81,8 @@ def test_evaluate_transport_map_and_plots_on_conditional_maps(fitted):
     tmap = hs.tl.transport_map(fitted, target="A", stratum="L2")
     assert isinstance(tmap, FixedConditionMap) and tmap.linear_kind_ == "seen"
     hs.pl.training(fitted, target="A", show=False)
+    hs.pl.transport(fitted, target="A+B", basis="X_rep", show=False)
+    hs.pl.response(fitted, target="A", show=False)
     with pytest.raises(ValueError, match="holdout"):
         hs.tl.evaluate(fitted, holdout="line")
 
