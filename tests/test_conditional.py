@@ -216,3 +216,32 @@ def test_fit_leaves_the_global_random_state_alone():
     ConditionalTransportMap(**{**FAST, "n_iters": 2, "warm_start_iters": 0}).fit(
         [control] * 3, targets, labels)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_pooled_scale_matches_the_concatenated_variance():
+    from hycnn_sc.models.conditional_transport import _pooled_scale
+
+    rng = np.random.default_rng(7)
+    control = rng.normal(size=(50, 3)) * 2
+    pairs = [(control, rng.normal(size=(30, 3)) + 1), (control, rng.normal(size=(20, 3)) * 3)]
+    pooled = np.concatenate([np.concatenate(pair) for pair in pairs])
+    assert _pooled_scale(pairs) == pytest.approx(np.sqrt(pooled.var(axis=0).mean()), rel=1e-10)
+
+
+def test_shared_controls_are_stored_once(monkeypatch):
+    from hycnn_sc.models import _minimax
+
+    sizes = []
+    original = _minimax.StackedSamples.__init__
+
+    def record(self, arrays, device):
+        original(self, arrays, device)
+        sizes.append((len(arrays), len(self.values)))
+
+    monkeypatch.setattr(_minimax.StackedSamples, "__init__", record)
+    rng = np.random.default_rng(8)
+    control, labels, targets = _three_conditions(rng)
+    ConditionalTransportMap(**{**FAST, "n_iters": 2, "warm_start_iters": 0}).fit(
+        [control] * 3, targets, labels)
+    n_train_controls = sizes[0][1]
+    assert sizes[0][0] == 3 and n_train_controls < len(control)  # one training control block

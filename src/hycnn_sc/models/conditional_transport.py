@@ -310,22 +310,26 @@ class ConditionalTransportMap(MinimaxEstimator):
         means = {}
         for k, key in enumerate(context_keys):
             means.setdefault(key, arrays[k][0].mean(axis=0, dtype=np.float64))
-        centred = [(s - means[key], t - means[key]) for (s, t), key in zip(arrays, context_keys, strict=True)]
-        pooled = np.concatenate([np.concatenate(pair) for pair in centred])
-        scale = math.sqrt(float(pooled.var(axis=0).mean()))
-        if not math.isfinite(scale) or scale <= 1e-12:
-            raise ValueError("The pairs have (near) zero variance: there is nothing to transport.")
-        standard = [((s / scale).astype(np.float32), (t / scale).astype(np.float32)) for s, t in centred]
-        summaries = {key: _summary(standard[context_keys.index(key)][0]) for key in context_list}
+        # A control population shared by many conditions is transformed, split and sliced
+        # once (one array object), so memory does not grow with the number of conditions.
+        shared: dict[tuple[int, str], Any] = {}
 
-        # Held-out rows: one split per distinct source array (shared controls split once).
-        source_masks: dict[int, np.ndarray] = {}
-        masks = []
-        for k, (s, t) in enumerate(standard):
-            ident = id(sources[k])
-            if ident not in source_masks:
-                source_masks[ident] = _held_mask(len(s), self.validation_fraction, rng)
-            masks.append((source_masks[ident], _held_mask(len(t), self.validation_fraction, rng)))
+        def once(k: int, what: str, make):
+            key = (id(arrays[k][0]), what)
+            if key not in shared:
+                shared[key] = make()
+            return shared[key]
+
+        scale = _pooled_scale([(once(k, "centred", lambda k=k, c=key: arrays[k][0] - means[c]),
+                                arrays[k][1] - means[key]) for k, key in enumerate(context_keys)])
+        standard = [(once(k, "standard", lambda k=k, c=key: ((arrays[k][0] - means[c]) / scale)
+                          .astype(np.float32)),
+                     ((arrays[k][1] - means[key]) / scale).astype(np.float32))
+                    for k, key in enumerate(context_keys)]
+        summaries = {key: _summary(standard[context_keys.index(key)][0]) for key in context_list}
+        masks = [(once(k, "mask", lambda s=s: _held_mask(len(s), self.validation_fraction, rng)),
+                  _held_mask(len(t), self.validation_fraction, rng))
+                 for k, (s, t) in enumerate(standard)]
 
         shrinkages = SHRINKAGE_GRID if self.shrinkage == "auto" else (float(self.shrinkage),)
         linear_train, linear_all, chosen, record = [], [], [], {}
@@ -356,19 +360,21 @@ class ConditionalTransportMap(MinimaxEstimator):
 
         train_network = self.residual != 0
         f, g = self._bound("f"), self._bound("g")
-        source = StackedSamples([s[~m[0]] if (~m[0]).sum() >= 2 else s
-                                 for (s, _), m in zip(standard, masks, strict=True)], device)
+        source = StackedSamples([once(k, "train", lambda s=s, m=m: s[~m[0]] if (~m[0]).sum() >= 2 else s)
+                                 for k, ((s, _), m) in enumerate(zip(standard, masks, strict=True))],
+                                device)
         target = StackedSamples([t[~m[1]] if (~m[1]).sum() >= 2 else t
                                  for (_, t), m in zip(standard, masks, strict=True)], device)
         draw = self._condition_sampler(f, g, source, target, generator)
         if train_network and self.warm_start == "gaussian" and self.warm_start_iters > 0:
             self._warm_start(f, g, source, target, draw, generator, linear_train)
-        held = [(s[m[0]] if m[0].sum() >= MIN_VALIDATION_POINTS else s,
+        held = [(once(k, "held", lambda s=s, m=m: s[m[0]] if m[0].sum() >= MIN_VALIDATION_POINTS else s),
                  t[m[1]] if m[1].sum() >= MIN_VALIDATION_POINTS else t)
-                for (s, t), m in zip(standard, masks, strict=True)]
+                for k, ((s, t), m) in enumerate(zip(standard, masks, strict=True))]
         validation = None
         if self.validation_fraction > 0:
-            validation = (StackedSamples([s[:MAX_VALIDATION_POINTS] for s, _ in held], device),
+            validation = (StackedSamples([once(k, "validation", lambda s=s: s[:MAX_VALIDATION_POINTS])
+                                          for k, (s, _) in enumerate(held)], device),
                           [torch.as_tensor(t[:MAX_VALIDATION_POINTS], device=device) for _, t in held])
         tau = self._resolved_tau()
         settings = MinimaxSettings(
@@ -831,6 +837,21 @@ def _convert_pairs(sources, targets) -> list[tuple[np.ndarray, np.ndarray]]:
                 raise ValueError(f"{name}[{k}] needs at least 2 points, got {len(array)}.")
         pairs.append((s, t))
     return pairs
+
+
+def _pooled_scale(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Root mean feature variance of all (context-centred) pairs pooled, shared arrays counted
+    once per pair, computed from sums (no concatenated copy)."""
+    n, total, squares = 0, 0.0, 0.0
+    for source, target in pairs:
+        for array in (source, target):
+            n += len(array)
+            total = total + array.sum(axis=0)
+            squares = squares + np.square(array).sum(axis=0)
+    variance = float(np.mean(squares / n - np.square(total / n)))
+    if not math.isfinite(variance) or variance <= 1e-12:
+        raise ValueError("The pairs have (near) zero variance: there is nothing to transport.")
+    return math.sqrt(variance)
 
 
 def _summary(standard: np.ndarray) -> np.ndarray:
