@@ -46,6 +46,8 @@ from generalisation import PERTURBATIONS, energy, floor, project
 from hycnn_sc.models import ConditionalTransportMap, GaussianTransportMap, TransportMap
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: Held-out lines of the transfer protocol (all when empty; --lines splits a run in two).
+ONLY_LINES: list[str] = []
 DOUBLES = ("MAP2K3+MAP2K6", "KLF1+MAP2K6", "KLF1+TGFBR2", "MAPK1+TGFBR2", "MAP2K3+SLC38A2")
 
 
@@ -83,12 +85,17 @@ def conditional_fit(z, condition, context, rows, control, n_iters, seed, min_cel
 
 def network_alone(cmap, control, pert, context):
     """The conditional network's own prediction (``λ = 1``), whatever the selection chose."""
-    chosen = cmap.residual_weight_
-    cmap.residual_weight_ = 1.0
+    chosen = cmap.residual_weight_, cmap.residual_transfer_
+    cmap.residual_weight_ = cmap.residual_transfer_ = 1.0
     try:
         return cmap.transport(control, pert, context=context)
     finally:
-        cmap.residual_weight_ = chosen
+        cmap.residual_weight_, cmap.residual_transfer_ = chosen
+
+
+def weights(cmap) -> str:
+    """``λ`` of seen conditions / ``λ`` of transfers (chosen on withheld conditions)."""
+    return f"{cmap.residual_weight_:g}/{cmap.residual_transfer_:g}"
 
 
 def gaussian(source, target, query):
@@ -102,7 +109,7 @@ def verdict(ratio: float) -> str:
 def combinations(seeds, n_iters):
     x, condition, line = perturbseq()
     header = ["double", "seed", "identity", "additive", "best_single", "gauss_single",
-              "conditional", "network", "floor", "ratio", "λ", "linear", "fit s"]
+              "conditional", "network", "floor", "ratio", "λ/λt", "linear", "fit s"]
     rows = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -130,7 +137,7 @@ def combinations(seeds, n_iters):
                                          ("identity", "additive", "best_single", "gauss_single",
                                           "conditional", "network")),
                          f"{floor(observed, rng):.3f}", f"{ratio:.3f} {verdict(ratio)}",
-                         f"{cmap.residual_weight_:g}", cmap.at(double, ("k562",)).linear_kind_,
+                         weights(cmap), cmap.at(double, ("k562",)).linear_kind_,
                          f"{seconds:.0f}"])
     print("## combinations: K562 doubles left out, predicted from K562 controls (30 PCs)")
     print_table(header, rows)
@@ -140,11 +147,11 @@ def transfer(seeds, n_iters):
     x, condition, line = perturbseq()
     lines = sorted(set(line))
     header = ["fold", "seed", "identity", "mean_shift", "gaussian", "unconditional",
-              "conditional", "network", "floor", "ratio", "λ", "fit s"]
+              "conditional", "network", "floor", "ratio", "λ/λt", "fit s"]
     rows, ratios, beats_unconditional = [], [], []
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        for held_line in lines:
+        for held_line in [line_ for line_ in lines if not ONLY_LINES or line_ in ONLY_LINES]:
             for pert in PERTURBATIONS:
                 held = (condition == pert) & (line == held_line)
                 train = ~held
@@ -182,7 +189,7 @@ def transfer(seeds, n_iters):
                              ("identity", "mean_shift", "gaussian", "unconditional", "conditional",
                               "network")),
                              f"{floor(observed, rng):.3f}", f"{ratio:.3f} {verdict(ratio)}",
-                             f"{cmap.residual_weight_:g}", f"{seconds:.0f}"])
+                             weights(cmap), f"{seconds:.0f}"])
     print("## transfer: a perturbation left out in one cell line, predicted from that line's controls")
     print_table(header, rows)
     ratios = np.asarray(ratios)
@@ -195,7 +202,7 @@ def new_line(seeds, n_iters):
     """All of one line's perturbations left out (its controls kept), the nine shared ones predicted."""
     x, condition, line = perturbseq()
     header = ["fold", "seed", "identity", "mean_shift", "gaussian", "unconditional",
-              "conditional", "network", "floor", "ratio", "λ", "fit s"]
+              "conditional", "network", "floor", "ratio", "λ/λt", "fit s"]
     rows, ratios = [], []
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -236,7 +243,7 @@ def new_line(seeds, n_iters):
                              ("identity", "mean_shift", "gaussian", "unconditional", "conditional",
                               "network")),
                              f"{floor(observed, rng):.3f}", f"{ratio:.3f} {verdict(ratio)}",
-                             f"{cmap.residual_weight_:g}", f"{seconds:.0f}"])
+                             weights(cmap), f"{seconds:.0f}"])
     print("## new_line: all perturbations of one line left out, predicted from its controls")
     print_table(header, rows)
     ratios = np.asarray(ratios)
@@ -247,7 +254,7 @@ def new_line(seeds, n_iters):
 
 def in_distribution(seeds, n_iters):
     x, condition, line = perturbseq()
-    header = ["seed", "pairs", "separate (mean)", "conditional (mean)", "relative", "λ",
+    header = ["seed", "pairs", "separate (mean)", "conditional (mean)", "relative", "λ/λt",
               "network (mean)", "floor (mean)",
               "separate fit s", "single map s", "conditional s", "cond / single"]
     rows = []
@@ -284,7 +291,7 @@ def in_distribution(seeds, n_iters):
             network.append(energy(network_alone(cmap, control, pert, (lin,)), observed))
             floors.append(energy(z[train & (line == lin) & (condition == pert)], observed))
         rows.append([seed, len(separate), f"{np.mean(separate):.3f}", f"{np.mean(conditional):.3f}",
-                     f"{np.mean(conditional) / np.mean(separate):.3f}", f"{cmap.residual_weight_:g}",
+                     f"{np.mean(conditional) / np.mean(separate):.3f}", weights(cmap),
                      f"{np.mean(network):.3f}", f"{np.mean(floors):.3f}",
                      f"{separate_seconds:.0f}", f"{single_seconds:.0f}", f"{cond_seconds:.0f}",
                      f"{cond_seconds / single_seconds:.2f}"])
@@ -300,7 +307,7 @@ def gbm(seeds, n_iters):
     patients = adata.obs["patient_id"].astype(str).to_numpy()
     condition = adata.obs["condition"].astype(str).to_numpy()
     header = ["patient", "seed", "identity", "mean_shift", "gaussian", "unconditional",
-              "conditional", "network", "floor", "ratio", "λ", "fit s"]
+              "conditional", "network", "floor", "ratio", "λ/λt", "fit s"]
     rows = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -329,7 +336,7 @@ def gbm(seeds, n_iters):
                          ("identity", "mean_shift", "gaussian", "unconditional", "conditional",
                           "network")),
                          f"{floor(observed, rng):.3f}", f"{ratio:.3f} {verdict(ratio)}",
-                         f"{cmap.residual_weight_:g}", f"{seconds:.0f}"])
+                         weights(cmap), f"{seconds:.0f}"])
     print("## gbm: leave one patient out, patient as context (ratio: conditional / unconditional)")
     print_table(header, rows)
 
@@ -343,9 +350,12 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--n-iters", type=int, default=1000)
+    parser.add_argument("--lines", nargs="*", default=[],
+                        help="transfer: only these held-out lines (to split a run over processes)")
     parser.add_argument("--transfer-n-iters", type=int, default=None,
                         help="n_iters of the 36 transfer folds (default: --n-iters)")
     args = parser.parse_args()
+    ONLY_LINES.extend(args.lines)
     print(f"# conditional maps — {machine()}; n_iters={args.n_iters}, seeds={args.seeds}\n")
     for name in args.protocols:
         n_iters = args.transfer_n_iters if name == "transfer" and args.transfer_n_iters else args.n_iters

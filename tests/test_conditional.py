@@ -245,3 +245,25 @@ def test_shared_controls_are_stored_once(monkeypatch):
         [control] * 3, targets, labels)
     n_train_controls = sizes[0][1]
     assert sizes[0][0] == 3 and n_train_controls < len(control)  # one training control block
+
+
+def test_transfer_residual_is_chosen_on_withheld_conditions():
+    rng = np.random.default_rng(9)
+    sources, targets, perts, contexts = [], [], [], []
+    for line, scale in (("L1", 0.5), ("L2", 1.0), ("L3", 1.5), ("L4", 2.0)):
+        control = rng.normal(size=(150, 3))
+        for pert, shift in (("P", [1.0, 0, 0]), ("Q", [0, 1.0, 0])):
+            sources.append(control)
+            targets.append(rng.normal(size=(150, 3)) + scale * np.asarray(shift))
+            perts.append(pert)
+            contexts.append((line,))
+    cmap = ConditionalTransportMap(**FAST).fit(sources, targets, perts, contexts=contexts)
+    withheld = cmap.selection_["transfer_withheld"]
+    assert len(withheld) == 1 and 0.0 <= cmap.residual_transfer_ <= 1.0
+    pert, (line,) = withheld[0][0], withheld[0][1]
+    assert cmap.residual_for(cmap.condition(pert, (line,))) == cmap.residual_weight_  # seen
+    again = ConditionalTransportMap.from_state(cmap.get_state(), device="cpu")
+    assert again.residual_transfer_ == cmap.residual_transfer_
+    fixed = ConditionalTransportMap(**{**FAST, "residual": 0.5}).fit(
+        sources, targets, perts, contexts=contexts)
+    assert fixed.residual_transfer_ == 0.5 and "transfer_withheld" not in fixed.selection_

@@ -38,6 +38,11 @@ FORMAT_VERSION = 1
 MAX_VALIDATION_POINTS = 500
 #: Floor of a standard deviation in the control-cell summary (standardised units).
 SUMMARY_FLOOR = 1e-3
+#: Share of the transferable conditions (perturbation measured in another context, context
+#: with other conditions) withheld from network training to choose ``λ`` for transfers.
+TRANSFER_HOLDOUT_FRACTION = 0.1
+#: Fewest conditions needed before any is withheld for that choice.
+MIN_CONDITIONS_FOR_TRANSFER_HOLDOUT = 8
 
 
 class Condition(NamedTuple):
@@ -169,7 +174,11 @@ class ConditionalTransportMap(MinimaxEstimator):
     scale_ : float
         Common scale of the standardised units.
     residual_weight_ : float
-        The chosen ``λ``.
+        The chosen ``λ`` (seen conditions, unseen combinations, new contexts).
+    residual_transfer_ : float
+        ``λ`` for a perturbation asked for in a seen context where it was not measured,
+        chosen on conditions withheld from network training (about 10 % of those whose
+        perturbation and context both occur elsewhere, with at least 8 conditions).
     shrinkage_ : ndarray
         ``γ`` of every training condition's linear part.
     history_, best_iteration_, converged_, n_params_, seed_, selection_
@@ -359,13 +368,14 @@ class ConditionalTransportMap(MinimaxEstimator):
         self._build(device, generator)
 
         train_network = self.residual != 0
+        withheld = self._withheld_conditions(rng) if train_network else []
         f, g = self._bound("f"), self._bound("g")
         source = StackedSamples([once(k, "train", lambda s=s, m=m: s[~m[0]] if (~m[0]).sum() >= 2 else s)
                                  for k, ((s, _), m) in enumerate(zip(standard, masks, strict=True))],
                                 device)
         target = StackedSamples([t[~m[1]] if (~m[1]).sum() >= 2 else t
                                  for (_, t), m in zip(standard, masks, strict=True)], device)
-        draw = self._condition_sampler(f, g, source, target, generator)
+        draw = self._condition_sampler(f, g, source, target, generator, withheld)
         if train_network and self.warm_start == "gaussian" and self.warm_start_iters > 0:
             self._warm_start(f, g, source, target, draw, generator, linear_train)
         held = [(once(k, "held", lambda s=s, m=m: s[m[0]] if m[0].sum() >= MIN_VALIDATION_POINTS else s),
@@ -399,8 +409,75 @@ class ConditionalTransportMap(MinimaxEstimator):
                 RuntimeWarning, stacklevel=2,
             )
         self.selection_ = {"shrinkage_per_condition": [float(v) for v in chosen], **record}
-        self.residual_weight_ = self._choose_residual(held, linear_train, train_network, rng)
+        trained = [k for k in range(n) if k not in withheld]
+        self.residual_weight_ = self._choose_residual(
+            [held[k] for k in trained], [linear_train[k] for k in trained], trained,
+            train_network, rng)
+        self.residual_transfer_ = self._choose_transfer_residual(standard, withheld, rng)
         return self
+
+    def _withheld_conditions(self, rng: np.random.Generator) -> list[int]:
+        """Conditions kept out of network training to choose ``λ`` for transfers.
+
+        Only with ``residual="auto"``, validation, and at least
+        ``MIN_CONDITIONS_FOR_TRANSFER_HOLDOUT`` conditions: ``TRANSFER_HOLDOUT_FRACTION`` of
+        those whose perturbation was measured in another context and whose context has other
+        conditions (at least one). Their linear parts are still fitted.
+        """
+        conditions = self.conditions_
+        if (self.residual != "auto" or self.validation_fraction == 0
+                or len(conditions) < MIN_CONDITIONS_FOR_TRANSFER_HOLDOUT):
+            return []
+        transferable = [
+            k for k, c in enumerate(conditions)
+            if any(o.perturbation == c.perturbation and o.context != c.context for o in conditions)
+            and sum(o.context == c.context for o in conditions) > 1
+        ]
+        if not transferable:
+            return []
+        n_withheld = max(1, round(TRANSFER_HOLDOUT_FRACTION * len(transferable)))
+        return sorted(rng.choice(transferable, n_withheld, replace=False).tolist())
+
+    def _choose_transfer_residual(self, standard, withheld: list[int],
+                                  rng: np.random.Generator) -> float:
+        """``λ`` for a perturbation in a seen context where it was not measured.
+
+        Chosen on the withheld conditions, which the network never saw: their cells predicted
+        by the network against the average of the same perturbation's linear parts in the
+        other contexts, with the rule of ``residual="auto"`` (pooled cells). Without withheld
+        conditions, the ``λ`` of seen conditions.
+        """
+        if not withheld:
+            return float(self.residual_weight_)
+        per_condition = max(MAX_SCORED_CELLS // len(withheld), 2)
+        f = self._bound("f")
+        linear, network, observed = [], [], []
+        for k in withheld:
+            condition = self.conditions_[k]
+            others = [j for j, c in enumerate(self.conditions_)
+                      if c.perturbation == condition.perturbation and c.dose == condition.dose
+                      and c.context != condition.context and j not in withheld]
+            source, target = standard[k]
+            if not others:
+                continue
+            rows_s = rng.permutation(len(source))[:per_condition]
+            rows_t = rng.permutation(len(target))[:per_condition]
+            points = source[rows_s].astype(np.float64)
+            matrix = np.mean([self.linear_[j][0] for j in others], axis=0)
+            offset = np.mean([self.linear_[j][1] for j in others], axis=0)
+            linear.append(points @ matrix + offset)
+            f.active = torch.tensor([k], device=f.singles.device)
+            tensor = torch.as_tensor(source[rows_s], device=f.singles.device).unsqueeze(0)
+            network.append(potential_gradient(f, tensor)[0].detach().cpu().numpy().astype(np.float64))
+            observed.append(target[rows_t].astype(np.float64))
+        if not linear:
+            return float(self.residual_weight_)
+        weight, record = choose_residual(np.concatenate(linear), np.concatenate(network),
+                                         np.concatenate(observed), rng)
+        self.selection_.update({f"transfer_{name}": value for name, value in record.items()})
+        self.selection_["transfer_withheld"] = [
+            [self.conditions_[k].perturbation, list(self.conditions_[k].context)] for k in withheld]
+        return weight
 
     def _transfer_parts(self, standard, shrinkages, rng) -> dict[tuple[str, float | None], tuple]:
         """Linear parts for a perturbation in a context where it was not measured.
@@ -487,9 +564,11 @@ class ConditionalTransportMap(MinimaxEstimator):
                 "doses": torch.as_tensor(doses)}
 
     def _condition_sampler(self, f: _Bound, g: _Bound, source: StackedSamples,
-                           target: StackedSamples, generator: torch.Generator):
+                           target: StackedSamples, generator: torch.Generator,
+                           withheld: Sequence[int] = ()):
         """The per-step hook: draw the conditions (and context dropout) of one step."""
-        n = len(self.conditions_)
+        allowed = torch.as_tensor([k for k in range(len(self.conditions_)) if k not in withheld])
+        n = len(allowed)
         per_step = min(self.conditions_per_step, n)
         has_context = bool(self.context_values_)
 
@@ -497,7 +576,7 @@ class ConditionalTransportMap(MinimaxEstimator):
             if step is None:
                 active = unknown = None
             else:
-                active = torch.randperm(n, generator=generator)[:per_step].sort().values
+                active = allowed[torch.randperm(n, generator=generator)[:per_step]].sort().values
                 unknown = (torch.rand(per_step, generator=generator) < self.context_dropout
                            if has_context and self.context_dropout > 0 else None)
             device = f.singles.device
@@ -532,7 +611,7 @@ class ConditionalTransportMap(MinimaxEstimator):
         warm_start(f, source, target_map("f", f), **options)
         warm_start(g, target, target_map("g", g), **options)
 
-    def _choose_residual(self, held, linear_train, train_network: bool,
+    def _choose_residual(self, held, linear_train, indices: list[int], train_network: bool,
                          rng: np.random.Generator) -> float:
         if self.residual != "auto":
             return float(self.residual)
@@ -546,7 +625,7 @@ class ConditionalTransportMap(MinimaxEstimator):
         per_condition = max(MAX_SCORED_CELLS // len(held), 2)
         linear, network, observed = [], [], []
         f = self._bound("f")
-        for k, ((s, t), lin) in enumerate(zip(held, linear_train, strict=True)):
+        for k, (s, t), lin in zip(indices, held, linear_train, strict=True):
             rows_s = rng.permutation(len(s))[:per_condition]
             rows_t = rng.permutation(len(t))[:per_condition]
             points = torch.as_tensor(s[rows_s], device=f.singles.device).unsqueeze(0)
@@ -630,13 +709,21 @@ class ConditionalTransportMap(MinimaxEstimator):
         centre = array.mean(axis=0, dtype=np.float64)
         return centre, _summary(((array - centre) / self.scale_).astype(np.float32))
 
+    def residual_for(self, condition: Condition) -> float:
+        """``λ`` used for ``condition``: ``residual_transfer_`` for a perturbation measured in
+        other contexts, asked for in a context seen at fit time; else ``residual_weight_``."""
+        kind = self.linear_part(condition)[2]
+        if kind == "transfer" and condition.context in self.context_means_:
+            return float(self.residual_transfer_)
+        return float(self.residual_weight_)
+
     def _apply(self, prefix: str, data, perturbation, context, dose, name: str) -> np.ndarray:
         self._check_fitted()
         array = as_float_array(data, name, n_features=self.in_features_)
         condition = self.condition(perturbation, context, dose)
         centre, summary = self._frame(array, condition)
         standard = (array - centre) / self.scale_
-        weight = float(self.residual_weight_)
+        weight = self.residual_for(condition)
         out = np.zeros_like(standard, dtype=np.float64)
         if weight > 0:
             bound = self._bound(prefix, [condition], summary[None])
@@ -719,6 +806,7 @@ class ConditionalTransportMap(MinimaxEstimator):
             "n_params_": self.n_params_, "best_iteration_": self.best_iteration_,
             "converged_": self.converged_, "interrupted_": self.interrupted_,
             "residual_weight_": self.residual_weight_, "selection_": self.selection_,
+            "residual_transfer_": self.residual_transfer_,
             "tau_": self.f_.tau,
             "transfer_": [[label, dose] for label, dose in transfer],
         }
@@ -766,6 +854,7 @@ class ConditionalTransportMap(MinimaxEstimator):
             cmap.converged_ = bool(fitted["converged_"])
             cmap.interrupted_ = bool(fitted["interrupted_"])
             cmap.residual_weight_ = float(fitted["residual_weight_"])
+            cmap.residual_transfer_ = float(fitted["residual_transfer_"])
             cmap.selection_ = dict(fitted["selection_"])
             cmap.history_ = {name[len("history/"):]: np.asarray(value)
                              for name, value in arrays.items() if name.startswith("history/")}
@@ -798,7 +887,7 @@ class FixedConditionMap:
     def __init__(self, parent: ConditionalTransportMap, condition: Condition) -> None:
         self.parent = parent
         self.condition = condition
-        self.residual_weight_ = parent.residual_weight_
+        self.residual_weight_ = parent.residual_for(condition)
         self.linear_kind_ = parent.linear_part(condition)[2]
         self.history_ = parent.history_
         self.frame_ = "context"
