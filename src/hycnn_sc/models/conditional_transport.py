@@ -709,10 +709,11 @@ class ConditionalTransportMap(MinimaxEstimator):
         centre = array.mean(axis=0, dtype=np.float64)
         return centre, _summary(((array - centre) / self.scale_).astype(np.float32))
 
-    def residual_for(self, condition: Condition) -> float:
+    def residual_for(self, condition: Condition, kind: str | None = None) -> float:
         """``λ`` used for ``condition``: ``residual_transfer_`` for a perturbation measured in
-        other contexts, asked for in a context seen at fit time; else ``residual_weight_``."""
-        kind = self.linear_part(condition)[2]
+        other contexts, asked for in a context seen at fit time; else ``residual_weight_``.
+        ``kind`` is the linear part's (see :meth:`linear_part`), when already known."""
+        kind = self.linear_part(condition)[2] if kind is None else kind
         if kind == "transfer" and condition.context in self.context_means_:
             return float(self.residual_transfer_)
         return float(self.residual_weight_)
@@ -723,7 +724,8 @@ class ConditionalTransportMap(MinimaxEstimator):
         condition = self.condition(perturbation, context, dose)
         centre, summary = self._frame(array, condition)
         standard = (array - centre) / self.scale_
-        weight = self.residual_for(condition)
+        matrix, offset, kind = self.linear_part(condition)
+        weight = self.residual_for(condition, kind)
         out = np.zeros_like(standard, dtype=np.float64)
         if weight > 0:
             bound = self._bound(prefix, [condition], summary[None])
@@ -731,7 +733,6 @@ class ConditionalTransportMap(MinimaxEstimator):
                                      device=bound.singles.device).unsqueeze(0)
             out += weight * potential_gradient(bound, points)[0].detach().cpu().numpy()
         if weight < 1:
-            matrix, offset, _ = self.linear_part(condition)
             if prefix == "g":
                 matrix, offset = _invert(matrix, offset)
             out += (1 - weight) * (standard @ matrix + offset)

@@ -159,7 +159,10 @@ def decode_map(entry: Any, *, device: str = "auto",
     which = f"Stored map {name!r}" if name else "A stored map"
     if isinstance(entry, Mapping) and "conditional" in entry:
         dose = float(entry["dose"])
-        return decode_conditional(entry["_parent"], device=device).at(
+        cache = entry.get("_decoded", {})
+        if device not in cache:
+            cache[device] = decode_conditional(entry["_parent"], device=device)
+        return cache[device].at(
             str(entry["target"]), [str(v) for v in np.asarray(entry["context"]).ravel()],
             None if dose != dose else dose,
         )
@@ -258,7 +261,9 @@ def find_maps(stored: dict[str, Any], target: str | None) -> dict[str, dict[str,
             )
     if "conditional" in stored:  # entries of a conditional fit share one network
         shared = stored["conditional"]
-        maps = {mid: {**entry, "_parent": shared, "state_json": shared["state_json"],
+        decoded: dict[str, ConditionalTransportMap] = {}  # one rebuild for all entries
+        maps = {mid: {**entry, "_parent": shared, "_decoded": decoded,
+                      "state_json": shared["state_json"],
                       "history": shared["arrays"]["history"]}
                 for mid, entry in maps.items()}
     if target is None:
