@@ -102,6 +102,18 @@ def gaussian(source, target, query):
     return GaussianTransportMap(regularization=1e-3).fit(source, target).transport(query)
 
 
+def other_lines_baselines(z, condition, line, pert, others, control):
+    """Mean shift and Gaussian map of ``pert`` learned on ``others`` relative to each line's
+    control mean: the shift, and the averaged Gaussian maps applied to ``control``."""
+    means = {o: z[(line == o) & (condition == "control")].mean(0) for o in others}
+    shift = np.mean([z[(line == o) & (condition == pert)].mean(0) - means[o] for o in others], 0)
+    maps = [GaussianTransportMap(regularization=1e-3).fit(
+        z[(line == o) & (condition == "control")] - means[o],
+        z[(line == o) & (condition == pert)] - means[o]) for o in others]
+    centre = control.mean(0)
+    return shift, centre + np.mean([m.transport(control - centre) for m in maps], 0)
+
+
 def verdict(ratio: float) -> str:
     return "win" if ratio <= 0.99 else "tie" if ratio <= 1.02 else "LOSS"
 
@@ -161,14 +173,7 @@ def transfer(seeds, n_iters):
                 cmap, seconds = conditional_fit(z, condition, line, train, "control", n_iters, seed)
                 predicted = cmap.transport(control, pert, context=(held_line,))
                 others = [o for o in lines if o != held_line]
-                shift = np.mean([z[(line == o) & (condition == pert)].mean(0)
-                                 - z[(line == o) & (condition == "control")].mean(0) for o in others], 0)
-                centred = [(z[(line == o) & (condition == "control")] - z[(line == o) & (condition == "control")].mean(0),
-                            z[(line == o) & (condition == pert)] - z[(line == o) & (condition == "control")].mean(0))
-                           for o in others]
-                gauss_maps = [GaussianTransportMap(regularization=1e-3).fit(s, t) for s, t in centred]
-                local = control - control.mean(0)
-                gauss = control.mean(0) + np.mean([m.transport(local) for m in gauss_maps], 0)
+                shift, gauss = other_lines_baselines(z, condition, line, pert, others, control)
                 source_rows = (line != held_line) & (condition == "control")
                 target_rows = (line != held_line) & (condition == pert)
                 with warnings.catch_warnings():
@@ -224,13 +229,7 @@ def new_line(seeds, n_iters):
                     n_iters=n_iters, seed=seed, device="cpu")
             for pert, tmap in zip(PERTURBATIONS, maps, strict=True):
                 observed = z[held & (condition == pert)]
-                means = {o: z[(line == o) & (condition == "control")].mean(0) for o in others}
-                shift = np.mean([z[(line == o) & (condition == pert)].mean(0) - means[o] for o in others], 0)
-                gauss_maps = [GaussianTransportMap(regularization=1e-3).fit(
-                    z[(line == o) & (condition == "control")] - means[o],
-                    z[(line == o) & (condition == pert)] - means[o]) for o in others]
-                gauss = control.mean(0) + np.mean([m.transport(control - control.mean(0))
-                                                   for m in gauss_maps], 0)
+                shift, gauss = other_lines_baselines(z, condition, line, pert, others, control)
                 scores = {"identity": energy(control, observed),
                           "mean_shift": energy(control + shift, observed),
                           "gaussian": energy(gauss, observed),
