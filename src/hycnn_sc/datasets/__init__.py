@@ -16,6 +16,12 @@ Downloaded from the original public source and cached:
 - :func:`kang2018` — the full Kang et al. 2018 batch-2 PBMC data from GEO
   (GSE96583), demuxlet singlets, raw counts, author cell types.
 
+Optimal-transport problems with a known map (for benchmarking solvers):
+
+- :func:`w2_benchmark_pair` — the "Mix3toMix10" pairs of Korotin et al. (2021): a
+  Gaussian-mixture source and its image under the gradient of a pretrained convex
+  network, D = 2 … 128 (checkpoints downloaded from the authors' repository, MIT).
+
 Provenance, licences and copyright notices: ``hycnn_sc/datasets/data/README.md``.
 
 Examples
@@ -28,5 +34,14 @@ Examples
 
 from ._kang2018 import kang2018
 from ._shipped import glioblastoma_panobinostat, kang_ifnb1k, perturbseq_devel
+from ._w2bench import GaussianMixture, W2BenchmarkPair, w2_benchmark_pair
 
-__all__ = ["glioblastoma_panobinostat", "kang2018", "kang_ifnb1k", "perturbseq_devel"]
+__all__ = [
+    "GaussianMixture",
+    "W2BenchmarkPair",
+    "glioblastoma_panobinostat",
+    "kang2018",
+    "kang_ifnb1k",
+    "perturbseq_devel",
+    "w2_benchmark_pair",
+]

@@ -249,13 +249,17 @@ def kang2018(
     return adata
 
 
-def _resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+def _resolve_cache_dir(
+    cache_dir: str | os.PathLike[str] | None, subdir: str = _CACHE_SUBDIR
+) -> Path:
     """Cache directory to use, created if needed.
 
     Parameters
     ----------
     cache_dir
-        User choice, or ``None`` for ``scanpy.settings.datasetdir / "kang2018"``.
+        User choice, or ``None`` for ``scanpy.settings.datasetdir / subdir``.
+    subdir
+        Folder of this data set under scanpy's dataset directory.
 
     Returns
     -------
@@ -272,7 +276,7 @@ def _resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
     if cache_dir is None:
         import scanpy as sc
 
-        directory = Path(sc.settings.datasetdir) / _CACHE_SUBDIR
+        directory = Path(sc.settings.datasetdir) / subdir
     else:
         directory = Path(cache_dir)
     directory = directory.expanduser()

@@ -1,0 +1,114 @@
+"""OT accuracy on a nonlinear ground truth: the Wasserstein-2 benchmark of Korotin et al. (2021).
+
+The "Mix3toMix10" pairs (:func:`hycnn_sc.datasets.w2_benchmark_pair`): source = a three-component
+Gaussian mixture in D dimensions, target = its image under the gradient of a pretrained convex
+network, so the true OT map ``T*`` is known. Each fit sees ``--n`` source points and ``--n``
+target points (independent draws: unpaired, as a solver would see them) and is scored on 2^14
+fresh source points by
+
+    L2-UVP = 100 · E‖T̂(x) − T*(x)‖² / Var(target)   (%)
+
+Rows: the identity and the population linear map (the paper's [ID] and [L], to check the
+loader), the Gaussian map fitted on the same samples, ``TransportMap`` at project defaults for
+HyCNN and ICNN (wall time, outer iterations run, ``converged_``), and the paper's published
+rows beside them.
+
+    python -u benchmarks/w2_benchmark.py [--dims 16 64] [--n 10000] [--seeds 1]
+        [--directory ../shared/data/w2bench] [--n-iters 1000 5000] [--models hycnn icnn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from _common import machine, mean_spread, print_table
+
+from hycnn_sc.datasets import w2_benchmark_pair
+from hycnn_sc.datasets._w2bench import PUBLISHED_L2_UVP
+from hycnn_sc.models import GaussianTransportMap, TransportMap
+
+DEFAULT_DIRECTORY = Path(__file__).resolve().parents[2] / "shared" / "data" / "w2bench"
+N_TEST = 2**14
+
+
+def fit_and_score(pair, source, target, test, params: dict) -> dict:
+    """Fit one ``TransportMap`` and return its L2-UVP, wall time, iterations and ``converged_``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        start = time.perf_counter()
+        tmap = TransportMap(device="cpu", **params).fit(source, target)
+        seconds = time.perf_counter() - start
+    losses = np.asarray(tmap.history_.get("loss_f", []))
+    return {
+        "l2_uvp": pair.l2_uvp(test, tmap.transport(test)),
+        "seconds": seconds,
+        "iterations": int(np.isfinite(losses).sum()),
+        "converged": bool(tmap.converged_),
+        "residual": float(tmap.residual_weight_),
+        "warned": any("converge" in str(w.message).lower() or "iterations" in str(w.message).lower()
+                      for w in caught),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dims", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--n", type=int, default=10_000, help="points per side")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--directory", default=str(DEFAULT_DIRECTORY))
+    parser.add_argument("--models", nargs="+", default=["hycnn", "icnn"])
+    parser.add_argument("--n-iters", type=int, nargs="*", default=[],
+                        help="fixed budgets to run besides the default")
+    parser.add_argument("--params", default="{}", help="JSON of extra TransportMap arguments")
+    args = parser.parse_args()
+    extra = json.loads(args.params)
+    print(f"# W2 benchmark (Mix3toMix10), {args.n} points a side, L2-UVP (%) on {N_TEST} test "
+          f"points; {machine()}")
+    if extra:
+        print(f"# extra TransportMap arguments: {extra}")
+    rows = []
+    for dim in args.dims:
+        pair = w2_benchmark_pair(dim, directory=args.directory)
+        test = pair.mixture.sample(N_TEST, seed=1)
+        matrix, shift = pair.linear_map()
+        published = {label: values.get(dim) for label, values in PUBLISHED_L2_UVP.items()}
+        rows.append([dim, "identity [ID]", f"{pair.l2_uvp(test, test):.1f}", "-", "-", "-",
+                     f"{published['identity [ID]'] or '-'}"])
+        rows.append([dim, "linear map, population moments [L]",
+                     f"{pair.l2_uvp(test, test @ matrix.T + shift):.1f}", "-", "-", "-",
+                     f"{published['linear map [L]'] or '-'}"])
+        samples = [(pair.mixture.sample(args.n, seed=100 + s),
+                    pair.true_map(pair.mixture.sample(args.n, seed=200 + s))) for s in range(args.seeds)]
+        gaussian = [pair.l2_uvp(test, GaussianTransportMap().fit(x, y).transport(test)) for x, y in samples]
+        rows.append([dim, "Gaussian map fitted on the samples", mean_spread(gaussian), "-", "-", "-", "-"])
+        for model in args.models:
+            for n_iters in [None, *args.n_iters]:
+                params = dict(extra, model=model)
+                if n_iters is not None:
+                    params["n_iters"] = n_iters
+                results = [fit_and_score(pair, x, y, test, dict(params, seed=s))
+                           for s, (x, y) in enumerate(samples)]
+                label = f"{model.upper() if model == 'icnn' else 'HyCNN'}, " + (
+                    "defaults" if n_iters is None else f"n_iters={n_iters}")
+                rows.append([
+                    dim, label, mean_spread([r["l2_uvp"] for r in results]),
+                    f"{np.mean([r['seconds'] for r in results]):.0f}",
+                    "/".join(str(r["iterations"]) for r in results),
+                    "/".join("yes" if r["converged"] else "no (warned)" if r["warned"] else "no"
+                             for r in results),
+                    f"best published {published['best published solver']}"
+                    if published["best published solver"] else "-",
+                ])
+                print_table(["D", "map", "L2-UVP %", "fit s", "outer iterations", "converged_",
+                             "paper"], rows[-1:])
+    print(f"\n({args.seeds} seed(s); published values: Korotin et al. 2021, Table 2)\n")
+    print_table(["D", "map", "L2-UVP %", "fit s", "outer iterations", "converged_", "paper"], rows)
+
+
+if __name__ == "__main__":
+    main()
