@@ -237,8 +237,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--n-iters", type=int, default=1000)
+    parser.add_argument("--n-iters", default="auto",
+                        help="'auto' (the project default, held-out-driven) or an integer")
     args = parser.parse_args()
+    if args.n_iters != "auto":
+        args.n_iters = int(args.n_iters)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # convergence notes, per fold
     print(f"# generalisation benchmark, {args.n_iters} iterations, seeds 0..{args.seeds - 1}; "

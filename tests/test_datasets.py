@@ -31,6 +31,9 @@ def _is_categorical(series: pd.Series) -> bool:
 
 def test_public_api():
     assert set(datasets.__all__) == {
+        "GaussianMixture",
+        "W2BenchmarkPair",
+        "w2_benchmark_pair",
         "glioblastoma_panobinostat",
         "kang2018",
         "kang_ifnb1k",

@@ -277,6 +277,19 @@ def test_training_marks_best_iteration(fitted):
     assert any(f"kept: iteration {best}" in t.get_text() for t in val_ax.texts)
 
 
+def test_training_marks_cycles_of_the_auto_budget(fitted):
+    """A map trained in cosine cycles (``n_iters="auto"``) shows where each cycle began."""
+    adata = fitted.copy()
+    stored = copy.deepcopy(dict(adata.uns["hycnn"]))
+    (entry,) = stored["maps"].values()
+    entry["history"]["cycle_start"] = np.array([0, 5, 15])
+    adata.uns["hycnn"] = stored
+    loss_ax, _ = hs.pl.training(adata, show=False)
+    starts = sorted(float(line.get_xdata()[0]) for line in loss_ax.lines
+                    if line.get_linestyle() == "--" and line.get_color() == "#999999")
+    assert starts == [5.0, 15.0]
+
+
 def _many_maps(adata, n: int):
     adata = adata.copy()
     stored = copy.deepcopy(dict(adata.uns["hycnn"]))
@@ -289,7 +302,8 @@ def _many_maps(adata, n: int):
 
 def test_training_several_and_many_maps(fitted, fitted_split):
     _, val_ax = hs.pl.training(fitted_split, show=False)
-    labels = [t.get_text() for t in val_ax.get_legend().get_texts()]
+    labels = [t.get_text().removesuffix(" (not converged)")
+              for t in val_ax.get_legend().get_texts()]
     assert labels == list(fitted_split.uns["hycnn"]["maps"])
 
     _, val_ax = hs.pl.training(_many_maps(fitted, 33), show=False)

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 
 import hycnn_sc.models._minimax as minimax
 from hycnn_sc.models import TransportMap
 
-SMALL = dict(residual=1.0, hidden=(8,), n_iters=30, batch_size=64, warm_start_iters=20, seed=0, device="cpu")
+SMALL = dict(residual=1.0, hidden=(8,), n_iters=30, inner_steps=5, batch_size=64, warm_start_iters=20, seed=0, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +67,32 @@ def test_keyboard_interrupt_keeps_best_iterate(monkeypatch, data):
     assert np.isfinite(tmap.transport(data[0])).all()
 
 
-@pytest.mark.parametrize(("curve", "converged"), [("falling", False), ("flat", True)])
+def _synthetic_profiles(values, noise):
+    """Replace the held-out scoring by a curve ``values`` whose paired noise is ``noise``."""
+    rng = np.random.default_rng(0)
+    stream = iter(values)
+
+    def profiles(*args):
+        value = float(next(stream))
+        jitter = torch.as_tensor(rng.normal(scale=noise, size=(3, 50)))
+        return [minimax.EnergyProfile(value, jitter[0], jitter[1], jitter[2])]
+
+    return profiles
+
+
+@pytest.mark.parametrize(("curve", "converged"), [
+    ("falling", False),  # falls far beyond its noise in the second half
+    ("flat", True),
+    ("jitter", True),  # moves, but within its noise
+])
 def test_convergence_flag(monkeypatch, data, curve, converged):
-    values = iter(1.0 / (1.0 + np.arange(100)) if curve == "falling" else np.full(100, 0.5))
-    monkeypatch.setattr(minimax, "_validation_energy",
-                        lambda *args: np.array([next(values)]))
+    checks = np.arange(100)
+    values = {"falling": 1.0 / (1.0 + checks), "flat": np.full(100, 0.5),
+              "jitter": 0.5 + 0.005 * np.sin(checks)}[curve]
+    monkeypatch.setattr(minimax, "_validation_profiles", _synthetic_profiles(values, noise=0.02))
     if converged:
         tmap = TransportMap(validation_every=3, **SMALL).fit(*data)
     else:
-        with pytest.warns(RuntimeWarning, match="still falling"):
+        with pytest.warns(RuntimeWarning, match="still improving beyond its noise"):
             tmap = TransportMap(validation_every=3, **SMALL).fit(*data)
     assert tmap.converged_ is converged

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 
-def run_demo(out: Path, *, n_iters: int, seed: int, device: str) -> None:
+def run_demo(out: Path, *, n_iters: int | str, seed: int, device: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,12 +63,25 @@ def run_demo(out: Path, *, n_iters: int, seed: int, device: str) -> None:
           f"in {time.perf_counter() - start:.0f} s", flush=True)
 
 
+def _budget(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hycnn-sc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="fit, evaluate and plot on the shipped Kang data")
     demo.add_argument("--out", type=Path, default=Path("results"), help="output folder")
-    demo.add_argument("--n-iters", type=int, default=1000, help="outer training iterations")
+    demo.add_argument("--n-iters", type=_budget, default="auto",
+                      help="outer training iterations, or 'auto' (default: held-out-driven)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     args = parser.parse_args(argv)

@@ -36,6 +36,8 @@ class MinimaxEstimator:
 
     #: Integer arguments that must be positive.
     _positive_ints: tuple[str, ...] = ("n_iters", "inner_steps", "batch_size")
+    #: Whether ``n_iters="auto"`` (a held-out-driven budget) is supported.
+    _auto_budget: bool = False
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -80,7 +82,12 @@ class MinimaxEstimator:
         elif self.tau_schedule is not None:
             raise ValueError("tau_schedule only applies to model='hycnn'.")
         for name in self._positive_ints:
-            check_positive(getattr(self, name), name, integer=True)
+            value = getattr(self, name)
+            if name == "n_iters" and self._auto_budget and isinstance(value, str):
+                if value != "auto":
+                    raise ValueError(f"n_iters must be 'auto' or a positive integer, got {value!r}.")
+                continue
+            check_positive(value, name, integer=True)
         check_positive(self.warm_start_iters, "warm_start_iters", integer=True, allow_zero=True)
         check_positive(self.lr, "lr")
         if not 0 < self.lr_final_fraction <= 1:

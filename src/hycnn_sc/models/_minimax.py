@@ -10,21 +10,22 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..metrics import energy_distance
 from ._convex_base import potential_gradient
 from .objectives import inner_objective, outer_objective
 from .schedules import cosine_factor, tau_at
 
-#: A still-falling validation curve: the best value improved by more than this fraction during
-#: the last quarter of training.
-CONVERGENCE_TOLERANCE = 0.05
+#: An improvement of the held-out energy distance counts when it exceeds this many standard
+#: errors of the paired difference (one-sided 5 %, the selection rule's level).
+IMPROVEMENT_Z = 1.645
+#: ``n_iters="auto"``: cycles always run before the held-out rule may stop training.
+MIN_CYCLES = 2
 #: How often a non-finite loss may be recovered from before training stops.
 MAX_NONFINITE_RECOVERIES = 3
 
@@ -76,6 +77,69 @@ class StackedSamples:
 
 
 @dataclass
+class EnergyProfile:
+    """Held-out energy distance of one map with its per-point terms (for paired standard errors).
+
+    ``value = 2 mean(cross) − mean(within) − mean(within_target)`` (V-statistic), with
+    ``cross_rows[i] = mean_j ‖x_i − y_j‖``, ``cross_cols[j] = mean_i ‖x_i − y_j‖`` and
+    ``within_rows[i] = mean_k ‖x_i − x_k‖`` for mapped points ``x`` and held-out targets ``y``.
+    """
+
+    value: float
+    cross_rows: torch.Tensor
+    cross_cols: torch.Tensor
+    within_rows: torch.Tensor
+
+
+def energy_profile(mapped: torch.Tensor, target: torch.Tensor, within_target: float) -> EnergyProfile:
+    """:class:`EnergyProfile` of ``mapped`` ``[n, d]`` against ``target`` ``[m, d]``.
+
+    Examples
+    --------
+    >>> from hycnn_sc.metrics import energy_distance
+    >>> x, y = torch.randn(50, 3), torch.randn(40, 3) + 1
+    >>> within = float(torch.cdist(y, y).mean())
+    >>> round(energy_profile(x, y, within).value, 4) == round(float(energy_distance(x, y)), 4)
+    True
+    """
+    centre = target.mean(0)
+    mapped, target = mapped - centre, target - centre  # distances are shift-invariant
+    cross = torch.cdist(mapped, target)
+    within = torch.cdist(mapped, mapped)
+    value = 2.0 * float(cross.mean()) - float(within.mean()) - within_target
+    return EnergyProfile(max(value, 0.0), cross.mean(1), cross.mean(0), within.mean(1))
+
+
+def paired_standard_error(a: EnergyProfile, b: EnergyProfile) -> float:
+    """Standard error of ``a.value − b.value`` (same held-out points, two maps).
+
+    First-order (Hoeffding) projection of the difference of the two V-statistics: every
+    held-out source point contributes ``2 Δcross_rows − 2 Δwithin_rows`` and every held-out
+    target point ``2 Δcross_cols``; the terms of the targets alone cancel. Close to the
+    paired bootstrap of :func:`~hycnn_sc.models._selection.paired_energy`, at the cost of one
+    pass over vectors already computed.
+
+    Examples
+    --------
+    >>> y = torch.randn(200, 2)
+    >>> within = float(torch.cdist(y, y).mean())
+    >>> x = torch.randn(200, 2)
+    >>> paired_standard_error(energy_profile(x, y, within), energy_profile(x, y, within))
+    0.0
+    """
+    source_terms = 2.0 * (a.cross_rows - b.cross_rows) - 2.0 * (a.within_rows - b.within_rows)
+    target_terms = 2.0 * (a.cross_cols - b.cross_cols)
+    variance = (source_terms.var(unbiased=False) / len(source_terms)
+                + target_terms.var(unbiased=False) / len(target_terms))
+    return float(variance.sqrt())
+
+
+def significant_improvement(new: EnergyProfile, old: EnergyProfile) -> bool:
+    """Did ``new`` lower the held-out energy distance of ``old`` beyond its noise?"""
+    return old.value - new.value > IMPROVEMENT_Z * paired_standard_error(new, old)
+
+
+@dataclass
 class MinimaxSettings:
     """Optimisation settings of :func:`train_minimax` (validated by the estimator)."""
 
@@ -102,6 +166,10 @@ class MinimaxResult:
     best_iteration: np.ndarray
     best_validation: np.ndarray
     converged: np.ndarray
+    iterations_run: int = 0
+    #: Held-out profiles of the starting weights and of each model's kept (best) iterate.
+    start_profiles: list[EnergyProfile] | None = None
+    best_profiles: list[EnergyProfile] | None = None
     interrupted: bool = False
     nonfinite_recoveries: int = 0
     stopped_early: bool = False
@@ -141,15 +209,51 @@ def warm_start(
         before_step(None)
 
 
-def _validation_energy(
-    f: nn.Module, padded_source: torch.Tensor, sizes: torch.Tensor, targets: Sequence[torch.Tensor]
-) -> np.ndarray:
+def _validation_profiles(
+    f: nn.Module, padded_source: torch.Tensor, sizes: torch.Tensor, targets: Sequence[torch.Tensor],
+    within_targets: Sequence[float],
+) -> list[EnergyProfile]:
     mapped = potential_gradient(f, padded_source).detach()
-    values = [
-        float(energy_distance(mapped[k, :n], target))
-        for k, (n, target) in enumerate(zip(sizes.tolist(), targets, strict=True))
-    ]
-    return np.asarray(values)
+    with torch.no_grad():
+        return [
+            energy_profile(mapped[k, :n], target, within)
+            for k, (n, target, within) in enumerate(
+                zip(sizes.tolist(), targets, within_targets, strict=True))
+        ]
+
+
+def improved_beyond_noise(new: list[EnergyProfile], old: list[EnergyProfile],
+                          shared: bool) -> np.ndarray:
+    """Per model: did ``new`` lower the held-out energy distance of ``old`` beyond its noise?
+
+    With a shared network (one set of weights for all conditions) the models are judged
+    together: the mean energy must fall by more than ``IMPROVEMENT_Z`` standard errors of the
+    mean difference.
+    """
+    if shared:
+        gain = np.mean([o.value - n.value for o, n in zip(old, new, strict=True)])
+        se = math.sqrt(sum(paired_standard_error(n, o) ** 2
+                           for o, n in zip(old, new, strict=True))) / len(new)
+        return np.full(len(new), gain > IMPROVEMENT_Z * se)
+    return np.array([significant_improvement(n, o) for o, n in zip(old, new, strict=True)])
+
+
+def _converged(checks: list[int], profiles: list[list[EnergyProfile]], shared: bool) -> np.ndarray:
+    """Per model: had the held-out criterion stopped improving beyond its noise?
+
+    The final iterate is compared with the iterate halfway through the schedule: when it
+    lowered the held-out energy distance by more than ``IMPROVEMENT_Z`` paired standard errors,
+    the curve was still falling while the learning rate decayed, so a longer schedule would
+    very likely still help. Two single iterates are compared (not the best of a stretch),
+    so a flat but noisy curve does not look like progress. Measured on the Wasserstein-2
+    benchmark (D = 16): the best of the last quarter against the best of the quarter before
+    it missed a run whose 5x longer schedule then cut the error to the true map from 21 % to 6 %.
+    """
+    n_models = len(profiles[0]) if profiles else 0
+    if len(checks) < 3:
+        return np.ones(n_models, dtype=bool)
+    middle = min(range(len(checks) - 1), key=lambda i: abs(checks[i] - 0.5 * checks[-1]))
+    return ~improved_beyond_noise(profiles[-1], profiles[middle], shared)
 
 
 def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -198,6 +302,9 @@ def train_minimax(
     taus = np.full(s.n_iters, np.nan)
     checks: list[int] = []
     check_values: list[np.ndarray] = []
+    check_profiles: list[list[EnergyProfile]] = []
+    within_targets = ([float(torch.cdist(t, t).mean()) for t in validation[1]]
+                      if validation is not None else [])
     best_f, best_g = _snapshot(f), _snapshot(g)
     best_value = np.full(n_models, np.inf)
     best_iteration = np.zeros(n_models, dtype=int)
@@ -214,9 +321,12 @@ def train_minimax(
             best_g.update(_snapshot(g))
             best_iteration[:] = iteration
             return
-        values = _validation_energy(f, validation[0].padded(), validation[0].sizes, validation[1])
+        profiles = _validation_profiles(f, validation[0].padded(), validation[0].sizes,
+                                        validation[1], within_targets)
+        values = np.asarray([p.value for p in profiles])
         checks.append(iteration)
         check_values.append(values)
+        check_profiles.append(profiles)
         improved = values < best_value
         if shared:  # one set of weights: keep it when the mean over conditions improved
             improved[:] = values.mean() < best_value.mean()
@@ -250,7 +360,7 @@ def train_minimax(
     set_tau(0)
     validate(0)
     bar = tqdm(range(s.n_iters), disable=not s.progress, desc="training transport map", leave=False)
-    iteration = 0
+    iteration = completed = 0
     try:
         for iteration in bar:
             if before_step is not None:
@@ -293,8 +403,9 @@ def train_minimax(
                     f"halved the learning rate (now {s.lr * lr_scale:.3g} at its peak)."
                 )
                 continue
-            if (iteration + 1) % s.validation_every == 0 or iteration + 1 == s.n_iters:
-                validate(iteration + 1)
+            completed = iteration + 1
+            if completed % s.validation_every == 0 or completed == s.n_iters:
+                validate(completed)
                 if s.progress and check_values:
                     bar.set_postfix(val_energy=f"{float(np.mean(check_values[-1])):.4g}")
     except KeyboardInterrupt:
@@ -306,17 +417,14 @@ def train_minimax(
     finally:
         bar.close()
 
+    result.iterations_run = completed
     if validation is not None:
         f.load_state_dict(best_f)
         g.load_state_dict(best_g)
-        values = np.asarray(check_values)
-        if shared:
-            values = np.repeat(values.mean(axis=1, keepdims=True), n_models, axis=1)
-        quarter = [i for i, it in enumerate(checks) if it <= 0.75 * max(checks[-1], 1)]
-        if quarter and len(quarter) < len(checks):
-            before = values[quarter].min(axis=0)
-            gain = (before - values.min(axis=0)) / np.maximum(np.abs(before), 1e-12)
-            result.converged = gain <= CONVERGENCE_TOLERANCE
+        result.converged = _converged(checks, check_profiles, shared)
+        result.start_profiles = check_profiles[0]
+        result.best_profiles = [check_profiles[checks.index(int(it))][k]
+                                for k, it in enumerate(best_iteration)]
     if before_step is not None:
         before_step(None)
     result.history = {
@@ -329,3 +437,66 @@ def train_minimax(
     for message in result.messages:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     return result
+
+
+def train_in_cycles(
+    f: nn.Module,
+    g: nn.Module,
+    source: StackedSamples,
+    target: StackedSamples,
+    settings: MinimaxSettings,
+    generator: torch.Generator,
+    validation: tuple[StackedSamples, Sequence[torch.Tensor]],
+    *,
+    first_cycle: int,
+    max_iters: int,
+    validation_every: int | None = None,
+) -> MinimaxResult:
+    """A held-out-driven budget: cosine cycles of doubling length while they still help.
+
+    Cycle ``k`` is a complete :func:`train_minimax` schedule of ``first_cycle · 2^k``
+    iterations (warm-up, cosine decay, fresh Adam state) that starts from the best weights so
+    far. After ``MIN_CYCLES`` cycles, training stops as soon as a cycle's best held-out
+    energy distance is no better than its start (a schedule twice as long found nothing
+    better), or when the next cycle would pass ``max_iters``. Continuing needs only a better
+    point estimate, because a doubled schedule often helps by less than the noise of one
+    comparison (measured on the Wasserstein-2 benchmark: 0.9–1.9 paired standard errors per
+    cycle while the error to the true map fell by a third); the convergence flag is strict:
+    a model has converged when its last cycle did not improve beyond the noise
+    (``IMPROVEMENT_Z`` paired standard errors). Each cycle validates every
+    ``validation_every`` iterations (``None``: 20 times per cycle).
+    """
+    shared = bool(getattr(f, "shares_parameters", False))
+    length, used, cycles = first_cycle, 0, []
+    best_iteration = np.zeros(len(source.sizes), dtype=int)
+    while True:
+        every = validation_every or max(length // 20, 1)
+        result = train_minimax(f, g, source, target,
+                               replace(settings, n_iters=length, validation_every=every),
+                               generator, validation)
+        moved = result.best_iteration > 0
+        best_iteration[moved] = used + result.best_iteration[moved]
+        used += length
+        cycles.append(result)
+        if result.interrupted or result.stopped_early:
+            converged = result.converged
+            break
+        converged = ~improved_beyond_noise(result.best_profiles, result.start_profiles, shared)
+        if (len(cycles) >= MIN_CYCLES and not moved.any()) or used + 2 * length > max_iters:
+            break
+        length *= 2
+    offsets = np.cumsum([0] + [len(c.history["loss_f"]) for c in cycles[:-1]])
+    history = {name: np.concatenate([c.history[name] for c in cycles])
+               for name in ("loss_f", "loss_g", "tau", "validation_energy")}
+    history["validation_iteration"] = np.concatenate(
+        [c.history["validation_iteration"] + offset for c, offset in zip(cycles, offsets, strict=True)])
+    history["cycle_start"] = offsets.astype(int)
+    last = cycles[-1]
+    return MinimaxResult(
+        history=history, best_iteration=best_iteration, best_validation=last.best_validation,
+        converged=converged, iterations_run=int(offsets[-1]) + last.iterations_run,
+        start_profiles=cycles[0].start_profiles,
+        best_profiles=last.best_profiles, interrupted=last.interrupted,
+        nonfinite_recoveries=sum(c.nonfinite_recoveries for c in cycles),
+        stopped_early=last.stopped_early, messages=[m for c in cycles for m in c.messages],
+    )

@@ -404,8 +404,9 @@ class ConditionalTransportMap(MinimaxEstimator):
         self.n_params_ = int(sum(p.numel() for p in f.parameters()))
         if train_network and validation is not None and not self.converged_:
             warnings.warn(
-                "The mean validation energy distance over conditions was still falling by more "
-                "than 5% in the last quarter of training; consider increasing n_iters.",
+                "The mean held-out energy distance over conditions was still improving beyond "
+                "its noise in the second half of training, so more training would likely still "
+                "help; consider increasing n_iters.",
                 RuntimeWarning, stacklevel=2,
             )
         self.selection_ = {"shrinkage_per_condition": [float(v) for v in chosen], **record}

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ._convex_base import ConvexPotential, potential_gradient
 from ._estimator import MinimaxEstimator
 from ._factory import build_potential
-from ._minimax import MinimaxSettings, StackedSamples, train_minimax, warm_start
+from ._minimax import MinimaxSettings, StackedSamples, train_in_cycles, train_minimax, warm_start
 from ._selection import (
     FRAMES,
     LINEAR_RIDGE,
@@ -53,6 +53,16 @@ MIN_RESIDUAL_CELLS = 100
 MIN_HELD_OUT_GROUPS = 3
 #: Fewest source points of a new group that a ``"group"``-frame map moves (its mean is used).
 MIN_GROUP_POINTS = 10
+#: ``n_iters="auto"``: length of the first cosine cycle (each later one doubles), and the cap:
+#: ``AUTO_EPOCHS`` passes over the larger training side (in batches), clipped to
+#: ``[AUTO_MIN_ITERS, AUTO_MAX_ITERS]``. The held-out rule stops well before the cap on data
+#: that cannot support more.
+AUTO_FIRST_CYCLE = 500
+AUTO_EPOCHS = 500
+AUTO_MIN_ITERS = 1500
+AUTO_MAX_ITERS = 31500
+#: ``n_iters="auto"`` without held-out data (``validation_fraction=0``): a fixed budget.
+AUTO_ITERS_WITHOUT_VALIDATION = 1000
 #: Rows per chunk in :meth:`TransportMap.transport` and friends.
 INFERENCE_BATCH = 32768
 
@@ -79,9 +89,20 @@ class TransportMap(MinimaxEstimator):
         nearly affine: good for that quadratic target, too stiff for cell data). Must stay
         ``None`` for ICNN.
     n_iters
-        Outer iterations (updates of ``f``).
+        Outer iterations (updates of ``f``) of one cosine schedule, or ``"auto"`` (default): a
+        budget driven by the held-out data. Training runs complete cosine schedules ("cycles")
+        of 500, 1,000, 2,000, ... iterations, each starting from the best weights so far;
+        after the first two it stops as soon as a cycle finds no better held-out map (energy
+        distance) than its start. The total is capped at 500 passes over the larger training
+        side (in batches), clipped to 1,500–31,500 iterations. Data that cannot support more
+        stop after 1,500 iterations; a large nonlinear problem trains for tens of thousands
+        (on the Wasserstein-2 benchmark, D = 16 and 64 with 10,000 points a side: 15,500).
+        Without held-out data (``validation_fraction=0``) ``"auto"`` means one
+        1,000-iteration schedule.
     inner_steps
-        Updates of ``g`` per outer iteration.
+        Updates of ``g`` per outer iteration (``2``: on the Wasserstein-2 benchmark, D = 16,
+        4,000 iterations with 2 inner steps reached 7.6 % L2-UVP in the time 2,000 with 5
+        took to reach 16.9 %).
     batch_size
         Points drawn (with replacement) from each side per step; may exceed the data size.
     lr, lr_final_fraction, lr_warmup_fraction, betas
@@ -129,7 +150,8 @@ class TransportMap(MinimaxEstimator):
         points to hold out 8 is scored on its training points. ``0`` trains without
         selection: the last iterate, and ``residual="auto"`` then means the network alone.
     validation_every
-        Iterations between validations; ``None`` means ``max(n_iters // 20, 1)``.
+        Iterations between validations; ``None`` means 20 per schedule (``n_iters // 20``; with
+        ``n_iters="auto"``, 20 per cycle).
     network_kwargs
         Extra keyword arguments of the network class (e.g. ``{"activation": "softplus"}``).
         ``isotropic_quadratic`` defaults to ``0.1`` here: each potential gets a learnable
@@ -161,8 +183,11 @@ class TransportMap(MinimaxEstimator):
     best_iteration_ : int
         Iteration whose weights were kept.
     converged_ : bool
-        False when the validation energy was still falling by more than 5 % in the last
-        quarter of training (a warning says so).
+        False (with a warning) when the held-out criterion was still improving beyond its
+        noise (1.645 standard errors of the paired energy-distance difference) at the end, so
+        that more iterations would very likely still help: with ``n_iters="auto"`` when the
+        last cycle beat its start by that much (the cap stopped training); with a fixed budget
+        when the final iterate beat the iterate halfway through the schedule by that much.
     w2_squared_ : float
         Semi-dual estimate of the squared 2-Wasserstein distance (original units), measured on
         the validation data (training data without validation).
@@ -200,8 +225,8 @@ class TransportMap(MinimaxEstimator):
         model: str = "hycnn",
         hidden: Sequence[int] | None = None,
         tau: float | None = None,
-        n_iters: int = 1000,
-        inner_steps: int = 5,
+        n_iters: int | Literal["auto"] = "auto",
+        inner_steps: int = 2,
         batch_size: int = 256,
         lr: float = 3e-3,
         lr_final_fraction: float = 0.01,
@@ -247,7 +272,14 @@ class TransportMap(MinimaxEstimator):
         self.seed = seed
         self.progress = progress
 
+    _auto_budget = True
+
     def _validate_own(self) -> None:
+        if self.tau_schedule is not None and self.n_iters == "auto":
+            raise ValueError(
+                "tau_schedule anneals over a fixed number of iterations; pass an integer n_iters "
+                "with it (e.g. n_iters=2000), not n_iters='auto'."
+            )
         if self.warm_start not in WARM_STARTS:
             raise ValueError(f"Unknown warm_start {self.warm_start!r}; choose one of {WARM_STARTS}.")
         if self.frame not in ("auto", *FRAMES):
@@ -326,6 +358,17 @@ class TransportMap(MinimaxEstimator):
             )
         return template._fit_stacked(pairs)
 
+    def _budget(self, prepared: list[_Prepared], use_validation: bool) -> tuple[int, int | None]:
+        """``(iterations of one schedule, cap of the cycles or None)`` from ``n_iters``."""
+        if self.n_iters != "auto":
+            return self.n_iters, None
+        if not use_validation:
+            return AUTO_ITERS_WITHOUT_VALIDATION, None
+        largest = max(max(len(p.train_source), len(p.train_target)) for p in prepared)
+        cap = int(np.clip(math.ceil(AUTO_EPOCHS * largest / self.batch_size),
+                          AUTO_MIN_ITERS, AUTO_MAX_ITERS))
+        return AUTO_FIRST_CYCLE, cap
+
     def _fit_stacked(self, pairs: list[_Pair]) -> list[TransportMap]:
         device = resolve_device(self.device)
         generator, seed = make_generator(self.seed)
@@ -364,20 +407,30 @@ class TransportMap(MinimaxEstimator):
                 StackedSamples([src[:MAX_VALIDATION_POINTS] for src, _ in chosen], device),
                 [torch.as_tensor(tgt[:MAX_VALIDATION_POINTS], device=device) for _, tgt in chosen],
             )
+        n_iters, cap = self._budget(prepared, use_validation)
         settings = MinimaxSettings(
-            n_iters=self.n_iters if train_network else 0, inner_steps=self.inner_steps,
+            n_iters=n_iters if train_network else 0, inner_steps=self.inner_steps,
             batch_size=self.batch_size, lr=self.lr, lr_final_fraction=self.lr_final_fraction,
             lr_warmup_fraction=self.lr_warmup_fraction, betas=tuple(self.betas),
-            validation_every=self.validation_every or max(self.n_iters // 20, 1),
+            validation_every=self.validation_every or max(n_iters // 20, 1),
             tau=tau if self.model == "hycnn" else None, tau_schedule=self.tau_schedule,
             tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
         )
-        result = train_minimax(f, g, source_samples, target_samples, settings, generator, validation)
+        if cap is not None and train_network:
+            result = train_in_cycles(f, g, source_samples, target_samples, settings, generator,
+                                     validation, first_cycle=n_iters, max_iters=cap,
+                                     validation_every=self.validation_every)
+        else:
+            result = train_minimax(f, g, source_samples, target_samples, settings, generator,
+                                   validation)
         if train_network and use_validation and not result.converged.all():
+            advice = (f"the cap of {cap} iterations stopped it; pass a larger integer n_iters"
+                      if cap is not None else "use n_iters='auto' or a larger n_iters")
             warnings.warn(
-                f"{int((~result.converged).sum())} of {n_models} transport map(s) had a validation "
-                "energy distance still falling by more than 5% in the last quarter of training; "
-                "consider increasing n_iters.",
+                f"{int((~result.converged).sum())} of {n_models} transport map(s) had not converged: "
+                f"the held-out energy distance was still improving beyond its noise after "
+                f"{result.iterations_run} iterations, so more training would likely still help; "
+                f"{advice}.",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -59,7 +59,9 @@ def training(
 
     With several maps (several targets, or ``split_by`` strata) each map gets its own colour
     and legend entry, up to ``max_maps``; beyond that every map is drawn as a thin line and the
-    median over maps in bold, so that e.g. 33 maps stay readable.
+    median over maps in bold, so that e.g. 33 maps stay readable. A single map trained with
+    ``n_iters="auto"`` shows a dashed grey line where each cosine cycle began (the learning
+    rate restarts there, so the losses jump).
 
     Parameters
     ----------
@@ -150,6 +152,9 @@ def training(
         if best[mid] is not None:
             loss_ax.axvline(best[mid], color="black", ls=":", lw=0.8)
             val_ax.axvline(best[mid], color="black", ls=":", lw=0.8)
+        for start in histories[mid].get("cycle_start", np.empty(0))[1:]:
+            for axis in (loss_ax, val_ax):  # n_iters="auto": where each cosine cycle began
+                axis.axvline(start, color="#999999", ls="--", lw=0.6)
         loss_ax.set_ylabel("loss f (outer)", color=_F_COLOR)
         g_ax.set_ylabel("loss g (inner)", color=_G_COLOR)
         loss_ax.tick_params(axis="y", colors=_F_COLOR)

@@ -1,0 +1,155 @@
+"""Held-out-driven training budget (``n_iters="auto"``) and the noise-aware convergence test."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import hycnn_sc.models._minimax as minimax
+from hycnn_sc.metrics import energy_distance
+from hycnn_sc.models import ConditionalTransportMap, TransportMap
+from hycnn_sc.models._minimax import energy_profile, paired_standard_error, significant_improvement
+from hycnn_sc.models._selection import paired_energy
+
+
+def _profile(x, y):
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    return energy_profile(x, y, float(torch.cdist(y, y).mean()))
+
+
+def test_profile_value_is_the_energy_distance():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(120, 4)), rng.normal(size=(90, 4)) + 0.5
+    assert _profile(x, y).value == pytest.approx(energy_distance(x, y), rel=1e-9)
+
+
+def test_paired_standard_error_matches_the_bootstrap():
+    """The first-order standard error agrees with the paired bootstrap of the selection rule."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 3))
+    y = 1.3 * rng.normal(size=(400, 3)) + 0.4
+    a, b = 1.2 * x + 0.3, x + 0.35
+    bootstrap = paired_energy({"a": a, "b": b}, y, reference="b", rng=rng, n_bootstrap=400)
+    analytic = paired_standard_error(_profile(a, y), _profile(b, y))
+    assert analytic == pytest.approx(bootstrap.standard_error["a"], rel=0.3)
+
+
+def test_significant_improvement_needs_more_than_noise():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(300, 2)), rng.normal(size=(300, 2)) + 1.0
+    far, near = _profile(x, y), _profile(x + 1.0, y)
+    assert significant_improvement(near, far)
+    assert not significant_improvement(far, near)
+    assert not significant_improvement(_profile(x + 1.0 + 1e-4, y), near)
+
+
+@pytest.fixture(scope="module")
+def linear_data():
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(600, 3)).astype(np.float32)
+    return source, (1.5 * source + 1.0).astype(np.float32)
+
+
+def test_auto_budget_stops_when_a_cycle_does_not_help(linear_data):
+    """A linear truth: the warm start is already optimal, so the two obligatory cycles are all."""
+    tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
+    assert len(tmap.history_["loss_f"]) == 1500
+    assert tmap.converged_
+    assert list(tmap.history_["cycle_start"]) == [0, 500]
+    assert tmap.history_["validation_iteration"][-1] == 1500
+    assert tmap.get_params()["n_iters"] == "auto"
+
+
+def _falling_profiles(monkeypatch):
+    rng = np.random.default_rng(0)
+    values = iter(1.0 / (1.0 + np.arange(10_000)))
+
+    def falling(*args):
+        jitter = torch.as_tensor(rng.normal(scale=1e-3, size=(3, 50)))
+        return [minimax.EnergyProfile(float(next(values)), *jitter)]
+
+    monkeypatch.setattr(minimax, "_validation_profiles", falling)
+
+
+def test_auto_budget_doubles_while_it_improves(monkeypatch, linear_data):
+    """A curve that keeps falling beyond its noise trains in doubling cycles up to the cap."""
+    monkeypatch.setattr("hycnn_sc.models.transport.AUTO_FIRST_CYCLE", 20)
+    monkeypatch.setattr("hycnn_sc.models.transport.AUTO_MIN_ITERS", 150)
+    monkeypatch.setattr("hycnn_sc.models.transport.AUTO_MAX_ITERS", 150)
+    _falling_profiles(monkeypatch)
+    with pytest.warns(RuntimeWarning, match=r"after 140 iterations.*cap of 150 iterations"):
+        tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
+    assert list(tmap.history_["cycle_start"]) == [0, 20, 60]  # cycles of 20, 40 and 80
+    assert len(tmap.history_["loss_f"]) == 140
+    assert tmap.best_iteration_ == 140
+    assert not tmap.converged_
+
+
+def test_auto_budget_keeps_the_best_cycle(monkeypatch, linear_data):
+    """A cycle that makes things worse is not kept: the map is the best iterate of all cycles."""
+    monkeypatch.setattr("hycnn_sc.models.transport.AUTO_FIRST_CYCLE", 20)
+    rng = np.random.default_rng(0)
+    # first cycle (21 checks incl. its start) improves, the second (41 checks) only worsens
+    curve = iter(np.concatenate([np.linspace(1.0, 0.5, 21), 0.5 + np.linspace(0.0, 0.5, 41)]))
+
+    def profiles(*args):
+        jitter = torch.as_tensor(rng.normal(scale=1e-3, size=(3, 50)))
+        return [minimax.EnergyProfile(float(next(curve)), *jitter)]
+
+    monkeypatch.setattr(minimax, "_validation_profiles", profiles)
+    tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
+    assert list(tmap.history_["cycle_start"]) == [0, 20]
+    assert tmap.best_iteration_ == 20
+    assert tmap.converged_
+
+
+def test_short_fixed_budget_on_a_moving_target_is_not_converged():
+    """Far from the optimum after a short budget: the flag is false and a warning says why."""
+    rng = np.random.default_rng(3)
+    source = rng.normal(size=(1000, 2)).astype(np.float32)
+    target = (source + 4.0).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="still improving beyond its noise"):
+        tmap = TransportMap(hidden=(8,), residual=1.0, warm_start="identity", n_iters=60,
+                            lr=1e-3, validation_every=5, seed=0, device="cpu").fit(source, target)
+    assert not tmap.converged_
+
+
+def test_auto_without_validation_is_a_fixed_budget(linear_data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tmap = TransportMap(hidden=(8,), residual=1.0, validation_fraction=0.0, seed=0,
+                            device="cpu").fit(*linear_data)
+    assert len(tmap.history_["loss_f"]) == 1000
+
+
+@pytest.mark.parametrize(("value", "error", "match"), [
+    ("longer", ValueError, "'auto' or a positive integer"),
+    (0, ValueError, "n_iters must be > 0"),
+    (2.5, TypeError, "n_iters must be an integer"),
+    (None, TypeError, "n_iters must be an integer"),
+])
+def test_bad_n_iters(linear_data, value, error, match):
+    with pytest.raises(error, match=match):
+        TransportMap(n_iters=value).fit(*linear_data)
+
+
+def test_auto_budget_and_tau_schedule_are_exclusive(linear_data):
+    with pytest.raises(ValueError, match="integer n_iters"):
+        TransportMap(tau_schedule="cosine").fit(*linear_data)
+
+
+def test_conditional_maps_keep_a_fixed_budget():
+    with pytest.raises(TypeError, match="n_iters must be an integer"):
+        ConditionalTransportMap(n_iters="auto")._validate_params()
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "2.5"])
+def test_demo_rejects_a_bad_budget(value, capsys):
+    from hycnn_sc.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--n-iters", value, "--out", "unused"])
+    assert "expected 'auto' or a positive integer" in capsys.readouterr().err
