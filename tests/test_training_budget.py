@@ -54,12 +54,13 @@ def linear_data():
 
 
 def test_auto_budget_stops_when_a_cycle_does_not_help(linear_data):
-    """A linear truth: the warm start is already optimal, so the two obligatory cycles are all."""
+    """A linear truth: the warm start is already optimal, so one cycle finds nothing better."""
     tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
-    assert len(tmap.history_["loss_f"]) == 1500
+    assert len(tmap.history_["loss_f"]) == 500
     assert tmap.converged_
-    assert list(tmap.history_["cycle_start"]) == [0, 500]
-    assert tmap.history_["validation_iteration"][-1] == 1500
+    assert list(tmap.history_["cycle_start"]) == [0]
+    assert tmap.best_iteration_ == 0  # the warm start was restored
+    assert tmap.history_["validation_iteration"][-1] == 500
     assert tmap.get_params()["n_iters"] == "auto"
 
 
@@ -153,3 +154,19 @@ def test_demo_rejects_a_bad_budget(value, capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--n-iters", value, "--out", "unused"])
     assert "expected 'auto' or a positive integer" in capsys.readouterr().err
+
+
+def test_restore_puts_back_only_the_masked_models():
+    """A cycle that did not help one stacked map restores that map alone."""
+    from hycnn_sc.models._factory import build_potential
+
+    potential = build_potential("hycnn", 3, (4,), tau=0.3, n_models=2)
+    before = minimax._snapshot(potential)
+    with torch.no_grad():
+        for parameter in potential.parameters():
+            parameter.add_(1.0)
+    after = minimax._snapshot(potential)
+    minimax._restore(potential, before, np.array([True, False]), shared=False)
+    for name, value in potential.state_dict().items():
+        torch.testing.assert_close(value[0], before[name][0])
+        torch.testing.assert_close(value[1], after[name][1])

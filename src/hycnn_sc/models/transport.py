@@ -91,12 +91,13 @@ class TransportMap(MinimaxEstimator):
     n_iters
         Outer iterations (updates of ``f``) of one cosine schedule, or ``"auto"`` (default): a
         budget driven by the held-out data. Training runs complete cosine schedules ("cycles")
-        of 500, 1,000, 2,000, ... iterations, each starting from the best weights so far;
-        after the first two it stops as soon as a cycle finds no better held-out map (energy
-        distance) than its start. The total is capped at 500 passes over the larger training
-        side (in batches), clipped to 1,500–31,500 iterations. Data that cannot support more
-        stop after 1,500 iterations; a large nonlinear problem trains for tens of thousands
-        (on the Wasserstein-2 benchmark, D = 16 and 64 with 10,000 points a side: 15,500).
+        of 500, 1,000, 2,000, ... iterations, each from the weights kept so far; a cycle's
+        final iterate is kept when its held-out energy distance is lower than the cycle's
+        start. Training goes on while the last cycle found a better map and the last two
+        together improved the held-out energy distance beyond its noise (1.645 paired
+        standard errors). The total is capped at 500 passes over the larger training side (in
+        batches), clipped to 1,500–31,500 iterations. A linear truth stops after 500
+        iterations on the warm start; a large nonlinear problem trains for thousands.
         Without held-out data (``validation_fraction=0``) ``"auto"`` means one
         1,000-iteration schedule.
     inner_steps
@@ -186,7 +187,7 @@ class TransportMap(MinimaxEstimator):
         False (with a warning) when the held-out criterion was still improving beyond its
         noise (1.645 standard errors of the paired energy-distance difference) at the end, so
         that more iterations would very likely still help: with ``n_iters="auto"`` when the
-        last cycle beat its start by that much (the cap stopped training); with a fixed budget
+        last cycle beat its start by that much; with a fixed budget
         when the final iterate beat the iterate halfway through the schedule by that much.
     w2_squared_ : float
         Semi-dual estimate of the squared 2-Wasserstein distance (original units), measured on
