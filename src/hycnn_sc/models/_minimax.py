@@ -263,10 +263,15 @@ def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in module.state_dict().items()}
 
 
-def _keep_improved(best: dict[str, torch.Tensor], module: nn.Module, improved: torch.Tensor) -> None:
+def _copy_rows(dest: dict[str, torch.Tensor], source: dict[str, torch.Tensor],
+               rows: torch.Tensor) -> None:
     # Every parameter carries the n_models axis first, so a mask over models selects copies.
-    for name, value in module.state_dict().items():
-        best[name][improved] = value.detach()[improved]
+    for name, value in source.items():
+        dest[name][rows] = value.detach()[rows]
+
+
+def _keep_improved(best: dict[str, torch.Tensor], module: nn.Module, improved: torch.Tensor) -> None:
+    _copy_rows(best, module.state_dict(), improved)
 
 
 def _restore(module: nn.Module, snapshot: dict[str, torch.Tensor], mask: np.ndarray,
@@ -276,9 +281,7 @@ def _restore(module: nn.Module, snapshot: dict[str, torch.Tensor], mask: np.ndar
         module.load_state_dict(snapshot)
         return
     state = _snapshot(module)
-    rows = torch.as_tensor(mask)
-    for name, value in snapshot.items():  # the n_models axis comes first in every parameter
-        state[name][rows] = value[rows]
+    _copy_rows(state, snapshot, torch.as_tensor(mask))
     module.load_state_dict(state)
 
 
