@@ -400,6 +400,26 @@ def test_remote_urls_follow_geo_layout():
     assert len(urls) == 6
 
 
+def test_parsing_helpers():
+    assert _kang2018._geo_url("samples", "GSM2560248", "f.gz") == (
+        "https://ftp.ncbi.nlm.nih.gov/geo/samples/GSM2560nnn/GSM2560248/suppl/f.gz"
+    )
+    assert _kang2018._find_column(pd.DataFrame(columns=["Cell", "stim"]), "cell.type", "cell") == "Cell"
+    assert _kang2018._find_column(pd.DataFrame(columns=["stim"]), "cell") is None
+    assert list(_kang2018._barcode_core(pd.Index(["AAAC-1", "AAAC-11", "GGTT.2", "CC"]))) == [
+        "AAAC", "AAAC", "GGTT", "CC"
+    ]
+    assert _kang2018._as_labels(pd.Series([101.0, None, " B cells"])) == ["101", None, "B cells"]
+    table = pd.DataFrame({"stim": ["stim"], "ind": [101.0]}, index=["AAAC-11"])
+    rows, matched = _kang2018._match_rows(table, np.array(["GGTT-1", "AAAC-1"]), _kang2018._SAMPLES[1])
+    assert rows.tolist() == [1] and matched.index.tolist() == ["AAAC-11"]
+    obs = _kang2018._sample_obs(matched, np.array(["AAAC-1"]), _kang2018._SAMPLES[1])
+    assert obs.to_dict("records") == [
+        {"condition": "stimulated", "donor": "101", "stim": "stim", "sample": "GSM2560249",
+         "barcode": "AAAC-1"}
+    ]
+
+
 def test_download_is_atomic(tmp_path):
     source = tmp_path / "source.bin"
     payload = np.random.default_rng(0).bytes(3 * _kang2018._CHUNK_BYTES + 17)

@@ -56,90 +56,21 @@ _SAMPLES = (
 )
 
 
-def _geo_stub(accession: str) -> str:
-    """GEO directory stub of an accession (``GSE96583`` -> ``GSE96nnn``).
-
-    Parameters
-    ----------
-    accession
-        A GEO series (GSE) or sample (GSM) accession.
-
-    Returns
-    -------
-    str
-        The accession with its last three digits replaced by ``nnn``.
-
-    Examples
-    --------
-    >>> _geo_stub("GSM2560248")
-    'GSM2560nnn'
-    """
-    return accession[:-3] + "nnn"
-
-
-def _series_url(filename: str) -> str:
-    """URL of a supplementary file of the GSE96583 series.
-
-    Parameters
-    ----------
-    filename
-        Supplementary file name.
-
-    Returns
-    -------
-    str
-        The HTTPS download URL on the NCBI GEO FTP server.
-
-    Examples
-    --------
-    >>> _series_url("GSE96583_batch2.genes.tsv.gz")  # doctest: +ELLIPSIS
-    'https://ftp.ncbi.nlm.nih.gov/geo/series/GSE96nnn/GSE96583/suppl/GSE96583_batch2...'
-    """
-    return f"{_GEO}/series/{_geo_stub(_SERIES)}/{_SERIES}/suppl/{filename}"
-
-
-def _sample_url(gsm: str, filename: str) -> str:
-    """URL of a supplementary file of one GEO sample.
-
-    Parameters
-    ----------
-    gsm
-        The sample accession.
-    filename
-        Supplementary file name.
-
-    Returns
-    -------
-    str
-        The HTTPS download URL on the NCBI GEO FTP server.
-
-    Examples
-    --------
-    >>> _sample_url("GSM2560248", "GSM2560248_barcodes.tsv.gz")  # doctest: +ELLIPSIS
-    'https://ftp.ncbi.nlm.nih.gov/geo/samples/GSM2560nnn/GSM2560248/suppl/GSM2560248_barcodes...'
-    """
-    return f"{_GEO}/samples/{_geo_stub(gsm)}/{gsm}/suppl/{filename}"
+def _geo_url(kind: str, accession: str, filename: str) -> str:
+    """HTTPS URL of a supplementary file of a GEO ``series`` (GSE) or ``samples`` (GSM) entry."""
+    # GEO groups accessions in directories named after all but the last three digits:
+    # GSE96583 -> series/GSE96nnn/GSE96583/suppl/<filename>.
+    return f"{_GEO}/{kind}/{accession[:-3]}nnn/{accession}/suppl/{filename}"
 
 
 def _remote_files() -> dict[str, str]:
-    """All raw files needed by :func:`kang2018`, mapped to their download URLs.
-
-    Returns
-    -------
-    dict of str to str
-        File name -> URL, in download order.
-
-    Examples
-    --------
-    >>> sorted(_remote_files())[0]
-    'GSE96583_batch2.genes.tsv.gz'
-    """
+    """The six raw files :func:`kang2018` needs, file name -> URL, in download order."""
     files = {}
     for sample in _SAMPLES:
-        files[sample.matrix] = _sample_url(sample.gsm, sample.matrix)
-        files[sample.barcodes] = _sample_url(sample.gsm, sample.barcodes)
-    files[_GENES_FILE] = _series_url(_GENES_FILE)
-    files[_METADATA_FILE] = _series_url(_METADATA_FILE)
+        for name in (sample.matrix, sample.barcodes):
+            files[name] = _geo_url("samples", sample.gsm, name)
+    for name in (_GENES_FILE, _METADATA_FILE):
+        files[name] = _geo_url("series", _SERIES, name)
     return files
 
 
@@ -252,27 +183,7 @@ def kang2018(
 def _resolve_cache_dir(
     cache_dir: str | os.PathLike[str] | None, subdir: str = _CACHE_SUBDIR
 ) -> Path:
-    """Cache directory to use, created if needed.
-
-    Parameters
-    ----------
-    cache_dir
-        User choice, or ``None`` for ``scanpy.settings.datasetdir / subdir``.
-    subdir
-        Folder of this data set under scanpy's dataset directory.
-
-    Returns
-    -------
-    Path
-        An existing directory.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     _resolve_cache_dir(Path(tmp) / "kang2018").is_dir()
-    True
-    """
+    """``cache_dir`` (default ``scanpy.settings.datasetdir / subdir``), created if needed."""
     if cache_dir is None:
         import scanpy as sc
 
@@ -285,26 +196,7 @@ def _resolve_cache_dir(
 
 
 def _fetch_files(directory: Path, *, force: bool, progress: bool) -> None:
-    """Download the raw files that are not in ``directory`` yet.
-
-    Parameters
-    ----------
-    directory
-        Cache directory.
-    force
-        Download every file again, even if present.
-    progress
-        Show progress bars.
-
-    Raises
-    ------
-    ConnectionError
-        Naming the URL that failed and how to place the files by hand.
-
-    Examples
-    --------
-    >>> _fetch_files(Path("kang2018"), force=False, progress=False)  # doctest: +SKIP
-    """
+    """Download the raw files not in ``directory`` yet; ConnectionError says how to place them by hand."""
     remote = _remote_files()
     for name, url in remote.items():
         destination = directory / name
@@ -324,31 +216,10 @@ def _fetch_files(directory: Path, *, force: bool, progress: bool) -> None:
 
 
 def _download(url: str, destination: Path, *, progress: bool = True) -> None:
-    """Download ``url`` to ``destination`` atomically.
-
-    The data go to a temporary file in the destination directory, which is renamed
-    to ``destination`` only after the whole body has arrived (and matched the
-    announced ``Content-Length``), so an interrupted download never leaves a
-    half-written file under the final name.
-
-    Parameters
-    ----------
-    url
-        Source URL (``https://``, ``ftp://`` or ``file://``).
-    destination
-        Final path of the file.
-    progress
-        Show a :mod:`tqdm` progress bar.
-
-    Raises
-    ------
-    OSError
-        On any network or file-system error, or a truncated transfer.
-
-    Examples
-    --------
-    >>> _download(_series_url(_GENES_FILE), Path("genes.tsv.gz"))  # doctest: +SKIP
-    """
+    """Download ``url`` (``https://``, ``ftp://`` or ``file://``) to ``destination`` atomically."""
+    # The body goes to a temporary file beside ``destination`` that is renamed into place only
+    # once complete (and matching the announced Content-Length), so an interrupted download
+    # never leaves a half-written file under the final name. Any failure raises OSError.
     from tqdm.auto import tqdm
 
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -384,22 +255,7 @@ def _download(url: str, destination: Path, *, progress: bool = True) -> None:
 
 
 def _read_processed(path: Path) -> AnnData:
-    """Read the cached, parsed data set.
-
-    Parameters
-    ----------
-    path
-        The cached ``.h5ad`` file.
-
-    Returns
-    -------
-    AnnData
-        The data set, with categorical label columns.
-
-    Examples
-    --------
-    >>> _read_processed(Path("kang2018_singlets_v1.h5ad"))  # doctest: +SKIP
-    """
+    """Read the cached, parsed data set, with categorical label columns."""
     import anndata
 
     adata = anndata.read_h5ad(path)
@@ -408,19 +264,7 @@ def _read_processed(path: Path) -> AnnData:
 
 
 def _write_processed(adata: AnnData, path: Path) -> None:
-    """Save the parsed data set to the cache atomically; warn (only) if that fails.
-
-    Parameters
-    ----------
-    adata
-        Parsed data set.
-    path
-        Destination ``.h5ad`` file.
-
-    Examples
-    --------
-    >>> _write_processed(adata, Path("kang2018_singlets_v1.h5ad"))  # doctest: +SKIP
-    """
+    """Save the parsed data set to the cache atomically; warn (only) if that fails."""
     tmp: Path | None = None
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".h5ad", dir=path.parent)
@@ -441,97 +285,42 @@ def _write_processed(adata: AnnData, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- parsing
+# The deposit: per library a MatrixMarket count matrix (genes x cells) and its barcode list,
+# one shared gene table, and the authors' per-cell table (tsne.df) covering both libraries.
+# A table row belongs to a library by its ``stim`` column and to a matrix row by its barcode
+# sequence: the table writes ``-11`` for stimulated barcodes that repeat a control barcode.
 
 
 def _read_kang2018_files(directory: str | os.PathLike[str]) -> AnnData:
-    """Parse the raw GEO files of GSE96583 batch 2 into an AnnData of singlets.
-
-    Reads the two MatrixMarket count matrices (genes × cells in the files), their
-    barcode lists, the shared gene table and the authors' per-cell table
-    (``GSE96583_batch2.total.tsne.df.tsv.gz``), matches each table row to its
-    library via the ``stim`` column and the barcode sequence (the table writes
-    ``-11`` for stimulated barcodes that repeat a control barcode), and keeps the
-    rows whose ``multiplets`` value is ``singlet``.
-
-    Parameters
-    ----------
-    directory
-        Directory holding the six files under their GEO names.
-
-    Returns
-    -------
-    AnnData
-        Cells × genes, laid out as documented in :func:`kang2018`; control cells
-        first, each library in barcode-file order.
-
-    Raises
-    ------
-    FileNotFoundError
-        If a file is missing.
-    ValueError
-        If the files do not agree (matrix shape, barcodes, table columns).
-
-    Examples
-    --------
-    >>> adata = _read_kang2018_files("~/data/kang2018")  # doctest: +SKIP
-    """
+    """Parse the six raw GEO files in ``directory`` into an AnnData of demuxlet singlets."""
+    # Layout as documented in kang2018: control cells first, each library in barcode-file
+    # order. FileNotFoundError for a missing file, ValueError where the files disagree.
     import anndata
 
     directory = Path(directory).expanduser()
-    missing = [name for name in _remote_files() if not (directory / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"Missing Kang 2018 files in {directory}: {', '.join(missing)}")
-
+    _check_files_present(directory)
     gene_ids, symbols = _read_genes(directory / _GENES_FILE)
-    table = _read_metadata(directory / _METADATA_FILE)
-    stim_column = _find_column(table, "stim")
-    if stim_column is None:
-        raise ValueError(f"{_METADATA_FILE} has no 'stim' column (columns: {list(table.columns)}).")
-    multiplets_column = _find_column(table, "multiplets")
-    if multiplets_column is None:
-        warnings.warn(
-            f"{_METADATA_FILE} has no 'multiplets' column; keeping every annotated cell.",
-            stacklevel=2,
-        )
-        table = table.copy()
-    else:
-        calls = table[multiplets_column].astype(str).str.strip().str.lower()
-        table = table.loc[calls.eq("singlet").to_numpy()].copy()
-    stim_labels = table[stim_column].astype(str).str.strip().str.lower()
-
-    blocks: list[sp.csr_matrix] = []
-    obs_parts: list[pd.DataFrame] = []
-    tsne_parts: list[np.ndarray] = []
+    table, stim_labels = _read_singlets(directory / _METADATA_FILE)
     tsne_columns = [_find_column(table, "tsne1", "tSNE_1"), _find_column(table, "tsne2", "tSNE_2")]
     has_tsne = None not in tsne_columns
+    libraries = []  # a loop, not a comprehension: the warnings' stacklevel counts frames
     for sample in _SAMPLES:
-        barcodes = _read_barcodes(directory / sample.barcodes)
-        counts = _read_counts(
-            directory / sample.matrix, n_genes=len(gene_ids), n_cells=len(barcodes)
+        rows = table.loc[stim_labels.eq(sample.stim).to_numpy()]
+        libraries.append(
+            _read_library(
+                directory,
+                sample,
+                rows,
+                n_genes=len(gene_ids),
+                tsne_columns=tsne_columns if has_tsne else None,
+            )
         )
-        rows, part = _match_rows(
-            table.loc[stim_labels.eq(sample.stim).to_numpy()], barcodes, sample
-        )
-        blocks.append(counts[rows])
-        obs_parts.append(_sample_obs(part, barcodes[rows], sample))
-        if has_tsne:
-            tsne_parts.append(part[tsne_columns].to_numpy(dtype=np.float64))
-
-    obs = pd.concat(obs_parts)
-    if obs.shape[0] == 0:
-        raise ValueError(
-            f"No singlet in {_METADATA_FILE} matched a barcode of the two libraries; "
-            "are the files from GSE96583 batch 2?"
-        )
-    for column in ("sample", "stim", "donor", "cluster", "cell_type"):
-        if column in obs.columns:
-            obs[column] = obs[column].astype("category")
-    obs["condition"] = pd.Categorical(obs["condition"], categories=list(_CONDITIONS))
+    counts, obs_parts, tsne_parts = zip(*libraries, strict=True)
 
     var_names = anndata.utils.make_index_unique(pd.Index(symbols, dtype=object))
     var = pd.DataFrame({"gene_ids": gene_ids}, index=var_names)
-    x = sp.vstack(blocks, format="csr", dtype=np.float32)
-    adata = anndata.AnnData(X=x, obs=obs, var=var)
+    x = sp.vstack(counts, format="csr", dtype=np.float32)
+    adata = anndata.AnnData(X=x, obs=_combine_obs(obs_parts), var=var)
     if has_tsne:
         adata.obsm["X_tsne"] = np.concatenate(tsne_parts, axis=0)
     if not adata.obs_names.is_unique:
@@ -548,26 +337,65 @@ def _read_kang2018_files(directory: str | os.PathLike[str]) -> AnnData:
     return adata
 
 
+def _check_files_present(directory: Path) -> None:
+    """Raise FileNotFoundError naming the raw files missing from ``directory``."""
+    missing = [name for name in _remote_files() if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"Missing Kang 2018 files in {directory}: {', '.join(missing)}")
+
+
+def _read_singlets(path: Path) -> tuple[pd.DataFrame, pd.Series]:
+    """The authors' table restricted to demuxlet singlets, and its normalised ``stim`` labels."""
+    table = _read_metadata(path)
+    stim_column = _find_column(table, "stim")
+    if stim_column is None:
+        raise ValueError(f"{_METADATA_FILE} has no 'stim' column (columns: {list(table.columns)}).")
+    multiplets_column = _find_column(table, "multiplets")
+    if multiplets_column is None:
+        warnings.warn(
+            f"{_METADATA_FILE} has no 'multiplets' column; keeping every annotated cell.",
+            stacklevel=3,
+        )
+        table = table.copy()
+    else:
+        calls = table[multiplets_column].astype(str).str.strip().str.lower()
+        table = table.loc[calls.eq("singlet").to_numpy()].copy()
+    return table, table[stim_column].astype(str).str.strip().str.lower()
+
+
+def _read_library(
+    directory: Path,
+    sample: _Sample,
+    table: pd.DataFrame,
+    *,
+    n_genes: int,
+    tsne_columns: list[str] | None,
+) -> tuple[sp.csr_matrix, pd.DataFrame, np.ndarray | None]:
+    """Counts, obs and t-SNE rows (or ``None``) of one library's singlets listed in ``table``."""
+    barcodes = _read_barcodes(directory / sample.barcodes)
+    counts = _read_counts(directory / sample.matrix, n_genes=n_genes, n_cells=len(barcodes))
+    rows, part = _match_rows(table, barcodes, sample)
+    tsne = None if tsne_columns is None else part[tsne_columns].to_numpy(dtype=np.float64)
+    return counts[rows], _sample_obs(part, barcodes[rows], sample), tsne
+
+
+def _combine_obs(parts: tuple[pd.DataFrame, ...]) -> pd.DataFrame:
+    """Concatenate the libraries' obs with categorical label columns; ValueError if empty."""
+    obs = pd.concat(parts)
+    if obs.shape[0] == 0:
+        raise ValueError(
+            f"No singlet in {_METADATA_FILE} matched a barcode of the two libraries; "
+            "are the files from GSE96583 batch 2?"
+        )
+    for column in ("sample", "stim", "donor", "cluster", "cell_type"):
+        if column in obs.columns:
+            obs[column] = obs[column].astype("category")
+    obs["condition"] = pd.Categorical(obs["condition"], categories=list(_CONDITIONS))
+    return obs
+
+
 def _find_column(table: pd.DataFrame, *names: str) -> str | None:
-    """First column of ``table`` matching one of ``names`` (case-insensitive).
-
-    Parameters
-    ----------
-    table
-        Table to search.
-    *names
-        Candidate column names, in order of preference.
-
-    Returns
-    -------
-    str or None
-        The matching column name as spelled in ``table``, or ``None``.
-
-    Examples
-    --------
-    >>> _find_column(pd.DataFrame(columns=["Cell", "stim"]), "cell.type", "cell")
-    'Cell'
-    """
+    """First column of ``table`` matching one of ``names`` (case-insensitive), else ``None``."""
     lookup = {str(column).strip().lower(): column for column in table.columns}
     for name in names:
         if name.lower() in lookup:
@@ -576,53 +404,16 @@ def _find_column(table: pd.DataFrame, *names: str) -> str | None:
 
 
 def _barcode_core(barcodes: pd.Index | np.ndarray) -> pd.Index:
-    """Barcode sequences without the trailing ``-<digits>`` (or ``.<digits>``) suffix.
-
-    Parameters
-    ----------
-    barcodes
-        Barcodes such as ``"AAACATACAATGCC-1"`` or ``"AAACATACAATGCC-11"``.
-
-    Returns
-    -------
-    pandas.Index
-        The bare sequences.
-
-    Examples
-    --------
-    >>> list(_barcode_core(pd.Index(["AAAC-1", "AAAC-11", "GGTT"])))
-    ['AAAC', 'AAAC', 'GGTT']
-    """
+    """Barcode sequences without a trailing ``-<digits>`` or ``.<digits>`` (``AAAC-11`` -> ``AAAC``)."""
     return pd.Index(barcodes).astype(str).str.strip().str.replace(r"[-.]\d+$", "", regex=True)
 
 
 def _match_rows(
     table: pd.DataFrame, barcodes: np.ndarray, sample: _Sample
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """Rows of one library's count matrix for the table rows of that library.
-
-    Parameters
-    ----------
-    table
-        The singlet rows of the tsne.df table whose ``stim`` is ``sample.stim``.
-    barcodes
-        The library's barcodes, in matrix order.
-    sample
-        The library.
-
-    Returns
-    -------
-    rows : numpy.ndarray
-        Row indices into the library's matrix, increasing.
-    table : pandas.DataFrame
-        The matched table rows, in the same order.
-
-    Examples
-    --------
-    >>> table = pd.DataFrame({"stim": ["stim"]}, index=["AAAC-11"])
-    >>> _match_rows(table, np.array(["GGTT-1", "AAAC-1"]), _SAMPLES[1])[0]
-    array([1])
-    """
+    """Increasing matrix rows of ``sample`` for the ``table`` rows found in it, and those rows."""
+    # ``table`` holds the singlets whose ``stim`` is ``sample.stim``; rows missing from the
+    # library's barcodes are dropped with a warning.
     keys = _barcode_core(barcodes)
     if not keys.is_unique:
         raise ValueError(f"{sample.barcodes} repeats barcode sequences.")
@@ -634,7 +425,7 @@ def _match_rows(
         warnings.warn(
             f"{int((~found).sum())} {sample.stim} cells of {_METADATA_FILE} are not in "
             f"{sample.barcodes}; dropping them.",
-            stacklevel=3,
+            stacklevel=4,
         )
     position = pd.Series(np.arange(len(keys)), index=keys)
     rows = position.loc[wanted[found]].to_numpy()
@@ -643,23 +434,7 @@ def _match_rows(
 
 
 def _as_labels(values: pd.Series) -> list[str | None]:
-    """String labels of a column, keeping missing values missing (``101.0`` -> ``'101'``).
-
-    Parameters
-    ----------
-    values
-        Column of the tsne.df table.
-
-    Returns
-    -------
-    list of str or None
-        One label per value.
-
-    Examples
-    --------
-    >>> _as_labels(pd.Series([101.0, None]))
-    ['101', None]
-    """
+    """String labels of a column, keeping missing values missing (``101.0`` -> ``'101'``)."""
     labels: list[str | None] = []
     for value in values.tolist():
         if pd.isna(value):
@@ -671,66 +446,37 @@ def _as_labels(values: pd.Series) -> list[str | None]:
     return labels
 
 
+#: obs column <- candidate columns of the authors' table (first present wins; none: left out).
+_LABEL_COLUMNS = {
+    "cell_type": ("cell", "cell.type", "cell_type"),
+    "donor": ("ind", "donor"),
+    "cluster": ("cluster",),
+}
+
+
 def _sample_obs(table: pd.DataFrame, barcodes: np.ndarray, sample: _Sample) -> pd.DataFrame:
-    """Cell annotations of one library's matched singlets.
-
-    Parameters
-    ----------
-    table
-        Matched tsne.df rows.
-    barcodes
-        The matching barcodes from the library's barcodes file.
-    sample
-        The library.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``condition``, ``cell_type``, ``donor``, ``cluster``, ``stim``, ``sample``
-        and ``barcode`` (columns absent from the table are left out), indexed by the
-        table's barcodes.
-
-    Examples
-    --------
-    >>> table = pd.DataFrame({"ind": [101], "cell": ["B cells"]}, index=["AAAC-1"])
-    >>> _sample_obs(table, np.array(["AAAC-1"]), _SAMPLES[0])["cell_type"].tolist()
-    ['B cells']
-    """
+    """obs of one library's matched singlets, indexed by the table's barcodes."""
     obs = pd.DataFrame(index=pd.Index(table.index.astype(str), name=None))
     obs["condition"] = sample.condition
-    cell_column = _find_column(table, "cell", "cell.type", "cell_type")
-    if cell_column is not None:
-        obs["cell_type"] = _as_labels(table[cell_column])
-    donor_column = _find_column(table, "ind", "donor")
-    if donor_column is not None:
-        obs["donor"] = _as_labels(table[donor_column])
-    cluster_column = _find_column(table, "cluster")
-    if cluster_column is not None:
-        obs["cluster"] = _as_labels(table[cluster_column])
+    for name, candidates in _LABEL_COLUMNS.items():
+        column = _find_column(table, *candidates)
+        if column is not None:
+            obs[name] = _as_labels(table[column])
     obs["stim"] = sample.stim
     obs["sample"] = sample.gsm
     obs["barcode"] = np.asarray(barcodes, dtype=str)
     return obs
 
 
+def _read_plain_tsv(path: Path) -> pd.DataFrame:
+    """A header-less, optionally gzip-compressed tab-separated table of strings (blanks kept)."""
+    return pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False)
+
+
 def _read_genes(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a 10x ``genes.tsv`` table (Ensembl id, symbol; no header).
-
-    Parameters
-    ----------
-    path
-        The (optionally gzip-compressed) table.
-
-    Returns
-    -------
-    gene_ids, symbols : numpy.ndarray
-        Ensembl ids and symbols (the id where a symbol is missing).
-
-    Examples
-    --------
-    >>> ids, symbols = _read_genes(Path("GSE96583_batch2.genes.tsv.gz"))  # doctest: +SKIP
-    """
-    genes = pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False)
+    """Ensembl ids and symbols (the id where a symbol is missing) of a 10x ``genes.tsv``."""
+    # No header; column 0 the Ensembl id, column 1 the symbol.
+    genes = _read_plain_tsv(path)
     gene_ids = genes.iloc[:, 0].str.strip()
     symbols = genes.iloc[:, 1].str.strip() if genes.shape[1] > 1 else gene_ids
     symbols = symbols.where(symbols.ne(""), gene_ids)
@@ -738,47 +484,15 @@ def _read_genes(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_barcodes(path: Path) -> np.ndarray:
-    """Read a 10x ``barcodes.tsv`` file (one barcode per line, no header).
-
-    Parameters
-    ----------
-    path
-        The (optionally gzip-compressed) file.
-
-    Returns
-    -------
-    numpy.ndarray
-        The barcodes, as strings.
-
-    Examples
-    --------
-    >>> _read_barcodes(Path("GSM2560248_barcodes.tsv.gz"))  # doctest: +SKIP
-    """
-    barcodes = pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False)
+    """Barcodes of a 10x ``barcodes.tsv`` (one per line, no header), as strings."""
+    barcodes = _read_plain_tsv(path)
     return barcodes.iloc[:, 0].str.strip().to_numpy(dtype=str)
 
 
 def _read_metadata(path: Path) -> pd.DataFrame:
-    """Read the authors' per-cell table (``*.total.tsne.df.tsv.gz``), indexed by barcode.
-
-    The file is written by R (``write.table``), so its header has one field fewer
-    than the rows; the first column holds the barcodes.
-
-    Parameters
-    ----------
-    path
-        The (optionally gzip-compressed) table.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per barcode, with columns such as ``tsne1``, ``tsne2``, ``ind``,
-        ``stim``, ``cluster``, ``cell`` and ``multiplets``.
-
-    Examples
-    --------
-    >>> _read_metadata(Path("GSE96583_batch2.total.tsne.df.tsv.gz"))  # doctest: +SKIP
-    """
+    """The authors' per-cell table (``*.total.tsne.df.tsv.gz``), indexed by barcode."""
+    # Written by R's write.table: the header has one field fewer than the rows, and the first
+    # column holds the barcodes. Columns: tsne1, tsne2, ind, stim, cluster, cell, multiplets.
     table = pd.read_csv(path, sep="\t", index_col=0)
     table.index = table.index.astype(str).str.strip()
     table.columns = [re.sub(r"\s+", "", str(column)) for column in table.columns]
@@ -786,29 +500,9 @@ def _read_metadata(path: Path) -> pd.DataFrame:
 
 
 def _read_counts(path: Path, *, n_genes: int, n_cells: int) -> sp.csr_matrix:
-    """Read a MatrixMarket count matrix as cells × genes CSR ``float32``.
-
-    GEO's 10x matrices store genes × cells; a matrix already stored as cells ×
-    genes is accepted too.
-
-    Parameters
-    ----------
-    path
-        The (optionally gzip-compressed) ``.mtx`` file.
-    n_genes
-        Number of genes in the gene table.
-    n_cells
-        Number of barcodes of the library.
-
-    Returns
-    -------
-    scipy.sparse.csr_matrix
-        Counts, shape ``(n_cells, n_genes)``.
-
-    Examples
-    --------
-    >>> _read_counts(Path("GSM2560248_2.1.mtx.gz"), n_genes=35635, n_cells=1000)  # doctest: +SKIP
-    """
+    """A MatrixMarket count matrix as cells x genes CSR ``float32``."""
+    # GEO's 10x matrices store genes x cells; a matrix already stored as cells x genes is
+    # accepted too.
     matrix = scipy.io.mmread(path)
     if matrix.shape == (n_genes, n_cells):
         matrix = matrix.T
