@@ -116,8 +116,8 @@ def kang_ifnb1k() -> AnnData:
         A new object on every call (``832 × 14053``, cells × genes) with
 
         ``X``
-            Raw integer UMI counts, stored as a ``scipy.sparse`` CSR matrix of
-            ``float32`` (not normalised, not log-transformed; max 862).
+            Raw UMI counts (integers up to 862; not normalised, not log-transformed)
+            in a ``scipy.sparse`` CSR matrix of ``float32``.
         ``obs_names``
             Cell barcodes in Seurat style (``"AAACATACCAGAAA.1"``; ``".11"`` marks
             stimulated barcodes that also occur in the control library).
@@ -149,12 +149,10 @@ def kang_ifnb1k() -> AnnData:
     --------
     >>> from hycnn_sc.datasets import kang_ifnb1k
     >>> adata = kang_ifnb1k()
-    >>> adata.shape
-    (832, 14053)
-    >>> list(adata.obs["condition"].cat.categories)
-    ['control', 'stimulated']
-    >>> int(adata.X.max())
-    862
+    >>> adata.shape, int(adata.X.max())  # raw counts
+    ((832, 14053), 862)
+    >>> adata.obs["condition"].value_counts().to_dict()
+    {'stimulated': 441, 'control': 391}
     """
     return _read_shipped("kang_ifnb1k.h5ad")
 
@@ -307,10 +305,8 @@ def glioblastoma_panobinostat() -> AnnData:
     --------
     >>> from hycnn_sc.datasets import glioblastoma_panobinostat
     >>> adata = glioblastoma_panobinostat()
-    >>> adata.shape
-    (5000, 300)
-    >>> list(adata.obs["condition"].cat.categories)
-    ['ctrl', 'panobinostat']
+    >>> adata.shape, list(adata.obs["condition"].cat.categories)
+    ((5000, 300), ['ctrl', 'panobinostat'])
     >>> list(adata.obs["patient_id"].cat.categories)
     ['PW030', 'PW032', 'PW034', 'PW036', 'PW040']
 
