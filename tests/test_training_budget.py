@@ -60,7 +60,7 @@ def test_auto_budget_stops_when_a_cycle_does_not_help(linear_data):
     assert tmap.converged_
     assert list(tmap.history_["cycle_start"]) == [0]
     assert tmap.best_iteration_ == 0  # the warm start was restored
-    assert tmap.history_["validation_iteration"][-1] == 500
+    assert tmap.history_["selection_iteration"][-1] == 500
     assert tmap.get_params()["n_iters"] == "auto"
 
 

@@ -28,6 +28,9 @@ IMPROVEMENT_Z = 1.645
 MIN_CYCLES = 2
 #: How often a non-finite loss may be recovered from before training stops.
 MAX_NONFINITE_RECOVERIES = 3
+#: On an accelerator, losses are checked for non-finite values every this many iterations
+#: (and before each validation) instead of after every step: each check waits for the device.
+ACCELERATOR_CHECK_EVERY = 25
 
 
 class StackedSamples:
@@ -52,19 +55,39 @@ class StackedSamples:
         self.values = torch.cat(blocks).to(device)
         self.offsets = torch.tensor(offsets, dtype=torch.long)
         self.sizes = torch.tensor(sizes, dtype=torch.long)
+        # Device copies for sampling, so that no index crosses from host to device per step.
+        self._offsets_on_device = self.offsets.to(device)
+        self._sizes_on_device = self.sizes.to(device)
+        self._device_generators: dict[int, torch.Generator] = {}
         self.arrays = list(arrays)
         #: Indices of the clouds :meth:`sample` draws from (None: all), set per training step
         #: when one step covers a subset of many conditions.
         self.active: torch.Tensor | None = None
 
+    def _generator_on_device(self, generator: torch.Generator) -> torch.Generator:
+        """``generator`` itself on its own device, else one on the data's device seeded from it."""
+        device = self.values.device
+        if generator.device == device:
+            return generator
+        if id(generator) not in self._device_generators:
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            self._device_generators[id(generator)] = torch.Generator(device=device).manual_seed(seed)
+        return self._device_generators[id(generator)]
+
     def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Draw ``batch_size`` points with replacement from each (active) cloud."""
-        sizes, offsets = self.sizes, self.offsets
+        """Draw ``batch_size`` points with replacement from each (active) cloud, on the device.
+
+        On the CPU the draws are those of ``generator``; on an accelerator they come from a
+        generator on that device seeded once from ``generator`` (reproducible per seed).
+        """
+        sizes, offsets = self._sizes_on_device, self._offsets_on_device
         if self.active is not None:
-            sizes, offsets = sizes[self.active], offsets[self.active]
-        uniform = torch.rand(len(sizes), batch_size, generator=generator)
+            active = self.active.to(sizes.device)
+            sizes, offsets = sizes[active], offsets[active]
+        uniform = torch.rand(len(sizes), batch_size, device=sizes.device,
+                             generator=self._generator_on_device(generator))
         index = (uniform * sizes.unsqueeze(1)).long().clamp_max_(sizes.unsqueeze(1) - 1)
-        return self.values[(index + offsets.unsqueeze(1)).to(self.values.device)]
+        return self.values[index + offsets.unsqueeze(1)]
 
     def padded(self) -> torch.Tensor:
         """All clouds as ``[n_models, max_size, d]``, shorter ones padded by repetition."""
@@ -159,6 +182,10 @@ class MinimaxSettings:
     #: Keep the final iterate instead of the best validated one (the cycles of
     #: :func:`train_in_cycles` choose between whole cycles instead).
     keep_last: bool = False
+    #: Check the losses for non-finite values every this many iterations (one host sync each);
+    #: ``None``: every iteration on the CPU (a check costs nothing there), every
+    #: ``ACCELERATOR_CHECK_EVERY`` on an accelerator.
+    finite_check_every: int | None = None
 
 
 @dataclass
@@ -298,168 +325,228 @@ def train_minimax(
     """Train stacked potentials ``f`` (source → target map ``∇f``) and ``g`` (its inverse).
 
     The loop alternates ``inner_steps`` Adam steps on ``g`` with one on ``f`` (betas, a linear
-    learning-rate warm-up and a cosine decay from ``settings``). With a validation set, the energy distance
-    between ``∇f(x_val)`` and ``y_val`` is measured every ``validation_every`` iterations and
-    each stacked model keeps its best iterate. A non-finite loss restores the best iterate
-    and halves the learning rate (at most ``MAX_NONFINITE_RECOVERIES`` times, then training
-    stops); ``KeyboardInterrupt`` stops training and keeps the best iterate. Both are reported
-    as warnings and in the result.
+    learning-rate warm-up and a cosine decay from ``settings``). With a validation set, the
+    energy distance between ``∇f(x_val)`` and ``y_val`` is measured every ``validation_every``
+    iterations and each stacked model keeps its best iterate. Losses stay on the device; their
+    finiteness is checked every ``finite_check_every`` iterations and before each validation
+    (one host synchronisation each). A non-finite loss restores the best iterate and halves
+    the learning rate (at most ``MAX_NONFINITE_RECOVERIES`` times, then training stops);
+    ``KeyboardInterrupt`` stops training and keeps the best iterate. Both are reported as
+    warnings and in the result.
 
     Conditional potentials (``f.shares_parameters``: one network for all ``n_models``
     conditions) keep the iterate with the best mean validation energy over conditions, and
     ``before_step(iteration)`` runs before every iteration (``before_step(None)`` before each
     validation and at the end) to choose the conditions a step covers.
     """
-    n_models = len(source.sizes)
-    s = settings
-    optimizer_f = torch.optim.Adam(f.parameters(), lr=s.lr, betas=s.betas)
-    optimizer_g = torch.optim.Adam(g.parameters(), lr=s.lr, betas=s.betas)
-    g_params = list(g.parameters())
-    lr_scale = 1.0
-    losses_f = np.full((s.n_iters, n_models), np.nan)
-    losses_g = np.full((s.n_iters, n_models), np.nan)
-    taus = np.full(s.n_iters, np.nan)
-    checks: list[int] = []
-    check_values: list[np.ndarray] = []
-    check_profiles: list[list[EnergyProfile]] = []
-    within_targets = ([float(torch.cdist(t, t).mean()) for t in validation[1]]
-                      if validation is not None else [])
-    best_f, best_g = _snapshot(f), _snapshot(g)
-    best_value = np.full(n_models, np.inf)
-    best_iteration = np.zeros(n_models, dtype=int)
-    result = MinimaxResult(history={}, best_iteration=best_iteration, best_validation=best_value,
-                           converged=np.ones(n_models, dtype=bool))
+    loop = _MinimaxLoop(f, g, settings, len(source.sizes), validation, before_step)
+    loop.validate(0)
+    loop.run(source, target, generator)
+    return loop.finish()
 
-    shared = bool(getattr(f, "shares_parameters", False))
 
-    def validate(iteration: int) -> None:
-        if before_step is not None:
-            before_step(None)
-        if validation is None:  # no held-out data: remember the last finite iterate instead
-            best_f.update(_snapshot(f))
-            best_g.update(_snapshot(g))
-            best_iteration[:] = iteration
-            return
-        profiles = _validation_profiles(f, validation[0].padded(), validation[0].sizes,
-                                        validation[1], within_targets)
-        values = np.asarray([p.value for p in profiles])
-        checks.append(iteration)
-        check_values.append(values)
-        check_profiles.append(profiles)
-        improved = values < best_value
-        if shared:  # one set of weights: keep it when the mean over conditions improved
-            improved[:] = values.mean() < best_value.mean()
-        if improved.any() and shared:
-            best_f.update(_snapshot(f))
-            best_g.update(_snapshot(g))
-        elif improved.any():
-            mask = torch.as_tensor(improved)
-            _keep_improved(best_f, f, mask)
-            _keep_improved(best_g, g, mask)
-        best_value[improved] = values[improved]
-        best_iteration[improved] = iteration
+class _MinimaxLoop:
+    """The state of one :func:`train_minimax` run: optimisers, losses, checks, best iterates."""
 
-    def set_learning_rate(iteration: int) -> None:
+    def __init__(self, f: nn.Module, g: nn.Module, settings: MinimaxSettings, n_models: int,
+                 validation: tuple[StackedSamples, Sequence[torch.Tensor]] | None,
+                 before_step: Callable[[int | None], None] | None) -> None:
+        s = self.settings = settings
+        self.f, self.g, self.n_models = f, g, n_models
+        self.validation, self.before_step = validation, before_step
+        self.optimizer_f = torch.optim.Adam(f.parameters(), lr=s.lr, betas=s.betas)
+        self.optimizer_g = torch.optim.Adam(g.parameters(), lr=s.lr, betas=s.betas)
+        self.g_params = list(g.parameters())
+        self.lr_scale = 1.0
+        device = next(f.parameters()).device
+        self.check_every = s.finite_check_every or (
+            1 if device.type == "cpu" else ACCELERATOR_CHECK_EVERY)
+        #: ``[n_iters, 2, n_models]``: the outer (f) and inner (g) losses, kept on the device.
+        self.losses = torch.full((s.n_iters, 2, n_models), math.nan, device=device)
+        self.taus = np.full(s.n_iters, np.nan)
+        self.checks: list[int] = []
+        self.check_values: list[np.ndarray] = []
+        self.check_profiles: list[list[EnergyProfile]] = []
+        self.within_targets = ([float(torch.cdist(t, t).mean()) for t in validation[1]]
+                               if validation is not None else [])
+        self.best_f, self.best_g = _snapshot(f), _snapshot(g)
+        self.best_value = np.full(n_models, np.inf)
+        self.best_iteration = np.zeros(n_models, dtype=int)
+        self.shared = bool(getattr(f, "shares_parameters", False))
+        self.result = MinimaxResult(history={}, best_iteration=self.best_iteration,
+                                    best_validation=self.best_value,
+                                    converged=np.ones(n_models, dtype=bool))
+        self.completed = 0  # iterations run up to the last finite check
+        self.checked = 0  # iterations whose losses have been checked for finiteness
+
+    # ------------------------------------------------------------------ one iteration
+    def set_learning_rate(self, iteration: int) -> None:
+        s = self.settings
         warmup = max(int(s.lr_warmup_fraction * s.n_iters), 1)
-        rate = s.lr * lr_scale * min(1.0, (iteration + 1) / warmup) * cosine_factor(
+        rate = s.lr * self.lr_scale * min(1.0, (iteration + 1) / warmup) * cosine_factor(
             iteration, s.n_iters, s.lr_final_fraction
         )
-        for optimizer in (optimizer_f, optimizer_g):
+        for optimizer in (self.optimizer_f, self.optimizer_g):
             for group in optimizer.param_groups:
                 group["lr"] = rate
 
-    def set_tau(iteration: int) -> float:
+    def set_tau(self, iteration: int) -> float:
+        s = self.settings
         if s.tau is None:
             return math.nan
         tau = tau_at(iteration, s.n_iters, tau=s.tau, schedule=s.tau_schedule,
                      tau_final=s.tau_final, cycles=s.tau_cycles)
-        f.tau = g.tau = tau
+        self.f.tau = self.g.tau = tau
         return tau
 
-    set_tau(0)
-    validate(0)
-    bar = tqdm(range(s.n_iters), disable=not s.progress, desc="training transport map", leave=False)
-    iteration = completed = 0
-    try:
-        for iteration in bar:
-            if before_step is not None:
-                before_step(iteration)
-            set_learning_rate(iteration)
-            taus[iteration] = set_tau(iteration)
-            for _ in range(s.inner_steps):
-                loss_g, _ = inner_objective(f, g, target.sample(s.batch_size, generator))
-                gradients = torch.autograd.grad(loss_g.sum(), g_params)
-                for param, gradient in zip(g_params, gradients, strict=True):
-                    param.grad = gradient
-                optimizer_g.step()
-            mapped = potential_gradient(g, target.sample(s.batch_size, generator)).detach()
-            loss_f = outer_objective(f, source.sample(s.batch_size, generator), mapped)
-            optimizer_f.zero_grad(set_to_none=True)
-            loss_f.sum().backward()
-            optimizer_f.step()
+    def step(self, iteration: int, source: StackedSamples, target: StackedSamples,
+             generator: torch.Generator) -> None:
+        """``inner_steps`` Adam steps on ``g``, then one on ``f``; the losses stay on the device."""
+        s, f, g = self.settings, self.f, self.g
+        if self.before_step is not None:
+            self.before_step(iteration)
+        self.set_learning_rate(iteration)
+        self.taus[iteration] = self.set_tau(iteration)
+        for _ in range(s.inner_steps):
+            loss_g, _ = inner_objective(f, g, target.sample(s.batch_size, generator))
+            gradients = torch.autograd.grad(loss_g.sum(), self.g_params)
+            for param, gradient in zip(self.g_params, gradients, strict=True):
+                param.grad = gradient
+            self.optimizer_g.step()
+        mapped = potential_gradient(g, target.sample(s.batch_size, generator)).detach()
+        loss_f = outer_objective(f, source.sample(s.batch_size, generator), mapped)
+        self.optimizer_f.zero_grad(set_to_none=True)
+        loss_f.sum().backward()
+        self.optimizer_f.step()
+        losses = torch.stack([loss_f.detach(), loss_g.detach()])
+        if losses.shape[1] != self.n_models:  # a step over a subset of shared conditions
+            losses = losses.mean(1, keepdim=True).expand(2, self.n_models)
+        self.losses[iteration] = losses
 
-            values_f, values_g = loss_f.detach().cpu().numpy(), loss_g.detach().cpu().numpy()
-            if values_f.shape != (n_models,):  # a step over a subset of shared conditions
-                values_f, values_g = np.full(n_models, values_f.mean()), np.full(n_models, values_g.mean())
-            losses_f[iteration], losses_g[iteration] = values_f, values_g
-            if not (np.isfinite(values_f).all() and np.isfinite(values_g).all()):
-                result.nonfinite_recoveries += 1
-                f.load_state_dict(best_f)
-                g.load_state_dict(best_g)
-                if result.nonfinite_recoveries > MAX_NONFINITE_RECOVERIES:
-                    result.stopped_early = True
-                    result.messages.append(
-                        f"Non-finite loss at iteration {iteration} after "
-                        f"{MAX_NONFINITE_RECOVERIES} recoveries: training stopped and the best "
-                        "iterate so far was kept. Lower lr or standardise the data."
-                    )
-                    break
-                lr_scale *= 0.5
-                optimizer_f.state.clear()
-                optimizer_g.state.clear()
-                result.messages.append(
-                    f"Non-finite loss at iteration {iteration}: restored the best iterate and "
-                    f"halved the learning rate (now {s.lr * lr_scale:.3g} at its peak)."
-                )
-                continue
-            completed = iteration + 1
-            if completed % s.validation_every == 0 or completed == s.n_iters:
-                validate(completed)
-                if s.progress and check_values:
-                    bar.set_postfix(val_energy=f"{float(np.mean(check_values[-1])):.4g}")
-    except KeyboardInterrupt:
-        result.interrupted = True
+    # ------------------------------------------------------------------ checks
+    def first_nonfinite(self, upto: int) -> int | None:
+        """The first iteration in ``[checked, upto)`` with a non-finite loss (one host sync)."""
+        window = self.losses[self.checked:upto]
+        self.checked = upto
+        bad = ~torch.isfinite(window).flatten(1).all(1)
+        if not bool(bad.any()):
+            return None
+        return self.checked - len(window) + int(bad.nonzero()[0, 0])
+
+    def recover(self, iteration: int) -> bool:
+        """Restore the best iterate after a non-finite loss; ``False``: stop training."""
+        s, result = self.settings, self.result
+        result.nonfinite_recoveries += 1
+        self.f.load_state_dict(self.best_f)
+        self.g.load_state_dict(self.best_g)
+        if result.nonfinite_recoveries > MAX_NONFINITE_RECOVERIES:
+            result.stopped_early = True
+            result.messages.append(
+                f"Non-finite loss at iteration {iteration} after {MAX_NONFINITE_RECOVERIES} "
+                "recoveries: training stopped and the best iterate so far was kept. Lower lr or "
+                "standardise the data."
+            )
+            return False
+        self.lr_scale *= 0.5
+        self.optimizer_f.state.clear()
+        self.optimizer_g.state.clear()
         result.messages.append(
-            f"Training interrupted at iteration {iteration}: kept the best iterate so far "
-            "(the map is usable but may be under-trained)."
+            f"Non-finite loss at iteration {iteration}: restored the best iterate and "
+            f"halved the learning rate (now {s.lr * self.lr_scale:.3g} at its peak)."
         )
-    finally:
-        bar.close()
+        return True
 
-    result.iterations_run = completed
-    if validation is not None:
-        if s.keep_last and completed == s.n_iters and checks[-1] == completed:
-            best_iteration[:] = completed
-            best_value[:] = check_values[-1]
-        else:
-            f.load_state_dict(best_f)
-            g.load_state_dict(best_g)
-        result.converged = _converged(checks, check_profiles, shared)
-        result.start_profiles = check_profiles[0]
-        result.best_profiles = [check_profiles[checks.index(int(it))][k]
-                                for k, it in enumerate(best_iteration)]
-    if before_step is not None:
-        before_step(None)
-    result.history = {
-        "loss_f": losses_f,
-        "loss_g": losses_g,
-        "tau": taus,
-        "validation_iteration": np.asarray(checks, dtype=int),
-        "validation_energy": np.asarray(check_values).reshape(len(checks), n_models),
-    }
-    for message in result.messages:
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-    return result
+    def validate(self, iteration: int) -> None:
+        """Measure the held-out energy distance and keep each model's best iterate."""
+        if self.before_step is not None:
+            self.before_step(None)
+        f, g = self.f, self.g
+        if self.validation is None:  # no held-out data: remember the last finite iterate instead
+            self.best_f.update(_snapshot(f))
+            self.best_g.update(_snapshot(g))
+            self.best_iteration[:] = iteration
+            return
+        profiles = _validation_profiles(f, self.validation[0].padded(), self.validation[0].sizes,
+                                        self.validation[1], self.within_targets)
+        values = np.asarray([p.value for p in profiles])
+        self.checks.append(iteration)
+        self.check_values.append(values)
+        self.check_profiles.append(profiles)
+        improved = values < self.best_value
+        if self.shared:  # one set of weights: keep it when the mean over conditions improved
+            improved[:] = values.mean() < self.best_value.mean()
+        if improved.any() and self.shared:
+            self.best_f.update(_snapshot(f))
+            self.best_g.update(_snapshot(g))
+        elif improved.any():
+            mask = torch.as_tensor(improved)
+            _keep_improved(self.best_f, f, mask)
+            _keep_improved(self.best_g, g, mask)
+        self.best_value[improved] = values[improved]
+        self.best_iteration[improved] = iteration
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, source: StackedSamples, target: StackedSamples,
+            generator: torch.Generator) -> None:
+        """Iterate, check finiteness, validate; stop on too many faults or an interrupt."""
+        s = self.settings
+        bar = tqdm(range(s.n_iters), disable=not s.progress, desc="training transport map",
+                   leave=False)
+        iteration = 0
+        try:
+            for iteration in bar:
+                self.step(iteration, source, target, generator)
+                done = iteration + 1
+                due = done % s.validation_every == 0 or done == s.n_iters
+                if not (due or done % self.check_every == 0):
+                    continue
+                bad = self.first_nonfinite(done)
+                if bad is not None:
+                    if not self.recover(bad):
+                        break
+                    continue
+                self.completed = done
+                if due:
+                    self.validate(done)
+                    if s.progress and self.check_values:
+                        bar.set_postfix(val_energy=f"{float(np.mean(self.check_values[-1])):.4g}")
+        except KeyboardInterrupt:
+            self.result.interrupted = True
+            self.result.messages.append(
+                f"Training interrupted at iteration {iteration}: kept the best iterate so far "
+                "(the map is usable but may be under-trained)."
+            )
+        finally:
+            bar.close()
+
+    def finish(self) -> MinimaxResult:
+        """Load the chosen iterate, judge convergence and assemble the history."""
+        s, result, checks = self.settings, self.result, self.checks
+        result.iterations_run = self.completed
+        if self.validation is not None:
+            if s.keep_last and self.completed == s.n_iters and checks[-1] == self.completed:
+                self.best_iteration[:] = self.completed
+                self.best_value[:] = self.check_values[-1]
+            else:
+                self.f.load_state_dict(self.best_f)
+                self.g.load_state_dict(self.best_g)
+            result.converged = _converged(checks, self.check_profiles, self.shared)
+            result.start_profiles = self.check_profiles[0]
+            result.best_profiles = [self.check_profiles[checks.index(int(it))][k]
+                                    for k, it in enumerate(self.best_iteration)]
+        if self.before_step is not None:
+            self.before_step(None)
+        losses = self.losses.cpu().numpy().astype(np.float64)
+        result.history = {
+            "loss_f": losses[:, 0],
+            "loss_g": losses[:, 1],
+            "tau": self.taus,
+            "selection_iteration": np.asarray(checks, dtype=int),
+            "selection_energy": np.asarray(self.check_values).reshape(len(checks), self.n_models),
+        }
+        for message in result.messages:
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+        return result
 
 
 def train_in_cycles(
@@ -528,9 +615,9 @@ def train_in_cycles(
         length *= 2
     offsets = np.cumsum([0] + [len(c.history["loss_f"]) for c in cycles[:-1]])
     history = {name: np.concatenate([c.history[name] for c in cycles])
-               for name in ("loss_f", "loss_g", "tau", "validation_energy")}
-    history["validation_iteration"] = np.concatenate(
-        [c.history["validation_iteration"] + offset for c, offset in zip(cycles, offsets, strict=True)])
+               for name in ("loss_f", "loss_g", "tau", "selection_energy")}
+    history["selection_iteration"] = np.concatenate(
+        [c.history["selection_iteration"] + offset for c, offset in zip(cycles, offsets, strict=True)])
     history["cycle_start"] = offsets.astype(int)
     last = cycles[-1]
     return MinimaxResult(
