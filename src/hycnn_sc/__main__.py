@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 
-def run_demo(out: Path, *, n_iters: int | str, seed: int, device: str) -> None:
+def run_demo(
+    out: Path, *, n_iters: int | str, seed: int, device: str, progress: bool = True
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,7 +42,7 @@ def run_demo(out: Path, *, n_iters: int | str, seed: int, device: str) -> None:
 
     tl.fit_transport(
         adata, groupby="condition", source="control", target="stimulated",
-        validation_fraction=0.2, n_iters=n_iters, seed=seed, device=device, progress=True,
+        validation_fraction=0.2, n_iters=n_iters, seed=seed, device=device, progress=progress,
     )
     table = tl.evaluate(adata, by="cell_type")
     table.to_csv(out / "evaluation.csv", index=False)
@@ -84,9 +86,14 @@ def main(argv: list[str] | None = None) -> int:
                       help="outer training iterations, or 'auto' (default: held-out-driven)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    # A progress bar redraws itself with carriage returns: in a log file that is noise.
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="training progress bars (default: only when stderr is a terminal)")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        run_demo(args.out, n_iters=args.n_iters, seed=args.seed, device=args.device)
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        run_demo(args.out, n_iters=args.n_iters, seed=args.seed, device=args.device,
+                 progress=progress)
     return 0
 
 
