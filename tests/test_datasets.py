@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from hycnn_sc import datasets
 from hycnn_sc.datasets import (
+    _cache,
     _kang2018,
     _shipped,
     glioblastoma_panobinostat,
@@ -422,15 +423,15 @@ def test_parsing_helpers():
 
 def test_download_is_atomic(tmp_path):
     source = tmp_path / "source.bin"
-    payload = np.random.default_rng(0).bytes(3 * _kang2018._CHUNK_BYTES + 17)
+    payload = np.random.default_rng(0).bytes(3 * _cache._CHUNK_BYTES + 17)
     source.write_bytes(payload)
     target = tmp_path / "cache" / "file.gz"
-    _kang2018._download(source.as_uri(), target, progress=False)
+    _cache.download(source.as_uri(), target, progress=False)
     assert target.read_bytes() == payload
     assert sorted(p.name for p in target.parent.iterdir()) == ["file.gz"]
 
     # a failing transfer leaves neither the final file nor a partial one
     missing = tmp_path / "cache" / "other.gz"
     with pytest.raises(OSError):
-        _kang2018._download((tmp_path / "absent.bin").as_uri(), missing, progress=False)
+        _cache.download((tmp_path / "absent.bin").as_uri(), missing, progress=False)
     assert sorted(p.name for p in target.parent.iterdir()) == ["file.gz"]

@@ -125,7 +125,7 @@ def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
     def offline(url, destination, *, progress=True):
         raise OSError("no network")
 
-    monkeypatch.setattr("hycnn_sc.datasets._kang2018._download", offline)
+    monkeypatch.setattr("hycnn_sc.datasets._w2bench._download", offline)
     with pytest.raises(ConnectionError, match="copy it to"):
         w2_benchmark_pair(2, cache_dir=tmp_path, progress=False)
 
@@ -134,7 +134,7 @@ def test_corrupt_download_is_removed(tmp_path, monkeypatch):
     def corrupt(url, destination, *, progress=True):
         destination.write_bytes(b"not a checkpoint")
 
-    monkeypatch.setattr("hycnn_sc.datasets._kang2018._download", corrupt)
+    monkeypatch.setattr("hycnn_sc.datasets._w2bench._download", corrupt)
     with pytest.raises(OSError, match="SHA-256"):
         w2_benchmark_pair(2, cache_dir=tmp_path, progress=False)
     assert not (tmp_path / "2_v1.pt").exists()

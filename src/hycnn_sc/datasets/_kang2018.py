@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,8 @@ import pandas as pd
 import scipy.io
 import scipy.sparse as sp
 
+from ._cache import download as _download
+from ._cache import resolve_cache_dir
 from ._shipped import _ensure_categoricals
 
 if TYPE_CHECKING:
@@ -31,9 +32,6 @@ _METADATA_FILE = "GSE96583_batch2.total.tsne.df.tsv.gz"
 #: The suffix is bumped whenever the parsed layout changes, so stale caches are ignored.
 _PROCESSED_FILE = "kang2018_singlets_v1.h5ad"
 _CACHE_SUBDIR = "kang2018"
-_USER_AGENT = "Mozilla/5.0 (compatible; hycnn_sc dataset loader)"
-_TIMEOUT_S = 60.0
-_CHUNK_BYTES = 1 << 20
 _CONDITIONS = ("control", "stimulated")
 
 
@@ -170,7 +168,7 @@ def kang2018(
     >>> adata = kang2018()  # doctest: +SKIP
     >>> adata.obs["condition"].value_counts()  # doctest: +SKIP
     """
-    directory = _resolve_cache_dir(cache_dir)
+    directory = resolve_cache_dir(cache_dir, _CACHE_SUBDIR)
     processed = directory / _PROCESSED_FILE
     if processed.is_file() and not force_download:
         return _read_processed(processed)
@@ -178,21 +176,6 @@ def kang2018(
     adata = _read_kang2018_files(directory)
     _write_processed(adata, processed)
     return adata
-
-
-def _resolve_cache_dir(
-    cache_dir: str | os.PathLike[str] | None, subdir: str = _CACHE_SUBDIR
-) -> Path:
-    """``cache_dir`` (default ``scanpy.settings.datasetdir / subdir``), created if needed."""
-    if cache_dir is None:
-        import scanpy as sc
-
-        directory = Path(sc.settings.datasetdir) / subdir
-    else:
-        directory = Path(cache_dir)
-    directory = directory.expanduser()
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
 
 
 def _fetch_files(directory: Path, *, force: bool, progress: bool) -> None:
@@ -213,45 +196,6 @@ def _fetch_files(directory: Path, *, force: bool, progress: bool) -> None:
                 f"then call kang2018(cache_dir={str(directory)!r}) again; files already "
                 f"there are not downloaded again.\n{listing}"
             ) from err
-
-
-def _download(url: str, destination: Path, *, progress: bool = True) -> None:
-    """Download ``url`` (``https://``, ``ftp://`` or ``file://``) to ``destination`` atomically."""
-    # The body goes to a temporary file beside ``destination`` that is renamed into place only
-    # once complete (and matching the announced Content-Length), so an interrupted download
-    # never leaves a half-written file under the final name. Any failure raises OSError.
-    from tqdm.auto import tqdm
-
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=".part", dir=destination.parent
-    )
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-            with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                received = 0
-                with tqdm(
-                    total=total,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=destination.name,
-                    disable=not progress,
-                ) as bar:
-                    while chunk := response.read(_CHUNK_BYTES):
-                        out.write(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-        if total is not None and received != total:
-            raise OSError(f"incomplete download: got {received} of {total} bytes")
-        os.replace(tmp, destination)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _read_processed(path: Path) -> AnnData:

@@ -30,6 +30,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ._cache import download as _download
+from ._cache import resolve_cache_dir
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -290,8 +293,6 @@ def _sha256(path: Path) -> str:
 
 
 def _fetch(directory: Path, name: str, *, progress: bool) -> Path:
-    from ._kang2018 import _download
-
     destination = directory / name
     if destination.is_file() and _sha256(destination) == _SHA256[name]:
         return destination
@@ -363,8 +364,6 @@ def w2_benchmark_pair(
                 f"dim={dim} has no published checkpoint to download; choose one of {DIMENSIONS} "
                 "or pass directory= holding the files."
             )
-        from ._kang2018 import _resolve_cache_dir
-
-        folder = _resolve_cache_dir(cache_dir, _CACHE_SUBDIR)
+        folder = resolve_cache_dir(cache_dir, _CACHE_SUBDIR)
         paths = [_fetch(folder, name, progress=progress) for name in names]
     return W2BenchmarkPair([torch.load(path, map_location="cpu", weights_only=True) for path in paths])
