@@ -116,7 +116,7 @@ def test_de_overlap_ranks_significant_genes_by_absolute_fold_change():
 
 def test_gene_space_metrics_refuse_bad_input():
     predicted, observed, control, _ = _data()
-    with pytest.raises(ValueError, match="other inputs 59"):
+    with pytest.raises(ValueError, match="other inputs have 59"):
         pearson_delta(predicted[:, 1:], observed, control)
     with pytest.raises(ValueError, match="NaN"):
         mse_mean(np.full((3, 60), np.nan), observed)

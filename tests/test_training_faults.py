@@ -91,8 +91,8 @@ def test_convergence_flag(monkeypatch, data, curve, converged):
               "jitter": 0.5 + 0.005 * np.sin(checks)}[curve]
     monkeypatch.setattr(minimax, "_validation_profiles", _synthetic_profiles(values, noise=0.02))
     if converged:
-        tmap = TransportMap(validation_every=3, **SMALL).fit(*data)
+        tmap = TransportMap(selection_every=3, **SMALL).fit(*data)
     else:
         with pytest.warns(RuntimeWarning, match="still improving beyond its noise"):
-            tmap = TransportMap(validation_every=3, **SMALL).fit(*data)
+            tmap = TransportMap(selection_every=3, **SMALL).fit(*data)
     assert tmap.converged_ is converged

@@ -21,7 +21,7 @@ from hycnn_sc.models.transport import GAUSSIAN_RIDGE, TransportMap
 
 D = 2
 N_SAMPLES = 2000
-#: Shared small configuration; ``validation_fraction=0`` keeps the last iterate (with the cosine
+#: Shared small configuration; ``selection_fraction=0`` keeps the last iterate (with the cosine
 #: learning-rate decay this is a low-noise iterate), which makes accuracy checks stable. ``lr`` is
 #: pinned because these budgets (<= 200 iterations) were tuned for it: a smaller default learning
 #: rate needs many more iterations than a fast test can afford. ``tau=10`` (the paper's OT
@@ -34,7 +34,7 @@ BASE = dict(
     batch_size=256,
     inner_steps=3,
     lr=1e-2,
-    validation_fraction=0.0,
+    selection_fraction=0.0,
     device="cpu",
     seed=0,
 )
@@ -280,6 +280,35 @@ def test_save_load_round_trip(fitted, problem, tmp_path) -> None:
         np.testing.assert_array_equal(loaded.history_[name], values)
 
 
+def test_renamed_keywords_warn_and_still_work(tiny_data) -> None:
+    source, target = tiny_data
+    new = fit(source, target, seed=0, selection_fraction=0.2, selection_every=2, **TINY)
+    with pytest.warns(FutureWarning, match=r"validation_fraction=.*use selection_fraction="):
+        old = fit(source, target, seed=0, validation_fraction=0.2, validation_every=2, **TINY)
+    np.testing.assert_array_equal(new.transport(source), old.transport(source))
+    params = old.get_state()["params"]
+    assert "validation_fraction" not in params and "validation_every" not in params
+    assert params["selection_fraction"] == 0.2 and params["selection_every"] == 2
+    with pytest.warns(FutureWarning, match=r"validation_every=.*use selection_every="):
+        TransportMap.fit_many([source], [target], seed=0, validation_every=2, **TINY)
+
+
+def test_state_with_the_old_names_loads(tiny_data) -> None:
+    """States written before the rename (params ``validation_*``, history ``validation_*``)."""
+    source, target = tiny_data
+    tmap = fit(source, target, seed=0, selection_fraction=0.2, **TINY)
+    state = tmap.get_state()
+    renames = {"selection_fraction": "validation_fraction", "selection_every": "validation_every",
+               "history/selection_iteration": "history/validation_iteration",
+               "history/selection_energy": "history/validation_energy"}
+    state["params"] = {renames.get(k, k): v for k, v in state["params"].items()}
+    state["arrays"] = {renames.get(k, k): v for k, v in state["arrays"].items()}
+    loaded = TransportMap.from_state(state, device="cpu")
+    assert loaded.selection_fraction == 0.2 and loaded.validation_fraction == "deprecated"
+    assert set(loaded.history_) == set(tmap.history_)
+    np.testing.assert_array_equal(loaded.transport(source), tmap.transport(source))
+
+
 def test_save_refuses_existing_path(fitted, problem, tmp_path) -> None:
     path = tmp_path / "map"
     fitted.save(path)
@@ -416,12 +445,12 @@ def test_refit_replaces_fitted_state(tiny_data) -> None:
     assert not np.array_equal(first, tmap.transport(source[:5]))
 
 
-def test_validation_history_with_default_fraction(tiny_data) -> None:
+def test_selection_history_with_default_fraction(tiny_data) -> None:
     source, target = tiny_data  # 200 / 150 points: 20 / 15 held out, so validation runs
     tmap = fit(source, target, seed=0, **TINY)
     history = tmap.history_
-    assert len(history["validation_iteration"]) == len(history["validation_energy"]) >= 2
-    assert history["validation_iteration"][0] == 0
+    assert len(history["selection_iteration"]) == len(history["selection_energy"]) >= 2
+    assert history["selection_iteration"][0] == 0
     assert 0 <= tmap.best_iteration_ <= 5
     assert np.isfinite(tmap.w2_squared_)
 
@@ -543,9 +572,9 @@ INVALID_PARAMS = [
     {"device": 3},
     {"model": "icnn", "tau": 1.0},
     {"model": "icnn", "tau_schedule": "cosine"},
-    {"validation_fraction": 1.5},
-    {"validation_fraction": 1.0},
-    {"validation_fraction": -0.1},
+    {"selection_fraction": 1.5},
+    {"selection_fraction": 1.0},
+    {"selection_fraction": -0.1},
     {"hidden": (0,)},
     {"hidden": ()},
     {"lr": 0.0},
@@ -555,7 +584,7 @@ INVALID_PARAMS = [
     {"warm_start_iters": -1},
     {"tau_schedule": "linear"},
     {"tau": 1.0, "tau_final": 2.0, "tau_schedule": "cosine"},
-    {"validation_every": 0},
+    {"selection_every": 0},
     {"network_kwargs": "activation=relu"},
     {"seed": -1},
     {"seed": 1.5},

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import check_finite, check_real_dtype, check_shape, to_numpy
+
 # Largest block of pairwise distances (in bytes) materialised at once.
 _MAX_BLOCK_BYTES = 64 * 2**20
 # Median-heuristic settings: size of the deterministic subsample and its seed.
@@ -24,22 +26,6 @@ _MEDIAN_MAX_POINTS = 2000
 _MEDIAN_SEED = 0
 # Default MMD bandwidths, as multiples of the median pairwise distance.
 _BANDWIDTH_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-def _densify(value: Any, name: str) -> np.ndarray:
-    """Convert an array-like (numpy, scipy sparse, nested lists) to a float64 numpy array."""
-    if hasattr(value, "toarray"):
-        value = value.toarray()
-    array = np.asarray(value)
-    if array.dtype == object or not (
-        np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.bool_)
-    ):
-        raise TypeError(
-            f"`{name}` must be a numeric numpy array or torch tensor, got dtype {array.dtype}."
-        )
-    if np.iscomplexobj(array):
-        raise TypeError(f"`{name}` must be real-valued, got a complex array.")
-    return np.asarray(array, dtype=np.float64)
 
 
 def _prepare(
@@ -74,39 +60,18 @@ def _prepare(
     out: list[torch.Tensor] = []
     for name, value in arrays:
         if isinstance(value, torch.Tensor):
-            if value.is_complex():
-                raise TypeError(f"`{name}` must be real-valued, got a complex tensor.")
+            check_real_dtype(value.dtype, f"`{name}`")
             tensor = value.to(dtype=dtype)
         else:
-            tensor = torch.as_tensor(_densify(value, name), dtype=dtype, device=device)
-        if tensor.ndim != 2:
-            raise ValueError(
-                f"`{name}` must be 2-D with shape (n_cells, n_features), got shape "
-                f"{tuple(tensor.shape)}; reshape 1-D data with {name}[:, None] (one feature) "
-                f"or {name}[None, :] (one cell)."
-            )
-        if tensor.shape[1] == 0:
-            raise ValueError(f"`{name}` has no features (shape {tuple(tensor.shape)}).")
-        if tensor.shape[0] < min_rows:
-            raise ValueError(
-                f"`{name}` has {tensor.shape[0]} row(s) but at least {min_rows} cells are "
-                f"needed; pass a larger sample."
-            )
+            array = to_numpy(value)
+            check_real_dtype(array.dtype, f"`{name}`")
+            tensor = torch.as_tensor(np.asarray(array, dtype=np.float64), dtype=dtype, device=device)
+        first = out[0].shape[1] if out else None
+        check_shape(tuple(tensor.shape), f"`{name}`", min_rows=min_rows, n_features=first,
+                    reference=f"`{arrays[0][0]}` has")
         out.append(tensor)
-
-    first_name, first = arrays[0][0], out[0]
-    for (name, _), tensor in zip(arrays[1:], out[1:], strict=True):
-        if tensor.shape[1] != first.shape[1]:
-            raise ValueError(
-                f"`{first_name}` has {first.shape[1]} features but `{name}` has "
-                f"{tensor.shape[1]}; both must live in the same feature space (same genes "
-                f"in the same order, or the same embedding)."
-            )
     for (name, _), tensor in zip(arrays, out, strict=True):
-        if not bool(torch.isfinite(tensor).all()):
-            raise ValueError(
-                f"`{name}` contains NaN or infinite values; remove or impute them first."
-            )
+        check_finite(tensor, f"`{name}`")
     return out, as_float
 
 

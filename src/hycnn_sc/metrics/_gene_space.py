@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import stats
 
-from ._distances import _densify
+from .._validation import check_array
 
 #: FDR below which a gene counts as differentially expressed (cell-eval's default).
 FDR_THRESHOLD = 0.05
@@ -46,20 +46,8 @@ FDR_THRESHOLD = 0.05
 
 def _matrix(value: Any, name: str, n_genes: int | None = None) -> np.ndarray:
     """``value`` as a dense float64 ``[n_cells, n_genes]`` array with at least one cell."""
-    array = _densify(value, name)
-    if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] < 1:
-        raise ValueError(
-            f"`{name}` must be a 2-D [n_cells, n_genes] array with at least one cell and one "
-            f"gene, got shape {array.shape}."
-        )
-    if n_genes is not None and array.shape[1] != n_genes:
-        raise ValueError(
-            f"`{name}` has {array.shape[1]} genes, the other inputs {n_genes}; pass the same "
-            "genes in the same order."
-        )
-    if not np.isfinite(array).all():
-        raise ValueError(f"`{name}` contains NaN or infinite values.")
-    return array
+    return check_array(value, f"`{name}`", n_features=n_genes, reference="the other inputs have",
+                       dtype=np.float64)
 
 
 def _means(*named: tuple[str, Any]) -> list[np.ndarray]:

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import check_hidden, check_positive
+from .._validation import check_positive
+from ._utils import check_hidden
 
 #: Number of standard-normal probe points used by the moment-matching initialisation.
 N_PROBES = 512

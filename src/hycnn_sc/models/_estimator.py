@@ -10,14 +10,15 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from .._validation import check_positive, json_default
 from ._factory import DEFAULT_HIDDEN, POTENTIALS, check_model_name
-from ._utils import check_hidden, check_positive, resolve_device
+from ._utils import check_hidden, resolve_device
 from .gaussian import check_shrinkage
 from .schedules import check_tau_schedule
 
@@ -29,6 +30,14 @@ DEFAULT_TAU = 0.3
 #: Meaning of the two blend arguments, for their error messages.
 _BLEND_MEANINGS = {"shrinkage": "0: Gaussian OT map, 1: mean shift",
                    "residual": "0: the linear map, 1: the network alone"}
+#: Default of a renamed keyword: "not passed" (the new keyword applies).
+DEPRECATED = "deprecated"
+#: Keywords renamed in hycnn_sc 0.3 (old name: new name), accepted with a FutureWarning for
+#: one release and never written to a saved state.
+RENAMED_PARAMS = {"validation_fraction": "selection_fraction", "validation_every": "selection_every"}
+#: Training-history keys renamed with them (old states are read with the new names).
+RENAMED_HISTORY = {"validation_iteration": "selection_iteration",
+                   "validation_energy": "selection_energy"}
 
 
 class MinimaxEstimator:
@@ -102,12 +111,15 @@ class MinimaxEstimator:
                 raise ValueError(f"{name} must be 'auto' or a number in [0, 1] ({meaning}), got {value!r}.")
             if not isinstance(value, str):
                 check_shrinkage(value, name, meaning)
-        if not 0 <= self.validation_fraction < 1:
+        params = self._resolved_params(warn=True)
+        self._selection_fraction = params["selection_fraction"]
+        self._selection_every = params["selection_every"]
+        if not 0 <= self._selection_fraction < 1:
             raise ValueError(
-                f"validation_fraction must lie in [0, 1), got {self.validation_fraction!r}."
+                f"selection_fraction must lie in [0, 1), got {self._selection_fraction!r}."
             )
-        if self.validation_every is not None:
-            check_positive(self.validation_every, "validation_every", integer=True)
+        if self._selection_every is not None:
+            check_positive(self._selection_every, "selection_every", integer=True)
         if self.network_kwargs is not None and not isinstance(self.network_kwargs, dict):
             raise TypeError(f"network_kwargs must be a dict or None, got {self.network_kwargs!r}.")
         self._validate_own()
@@ -115,6 +127,26 @@ class MinimaxEstimator:
 
     def _validate_own(self) -> None:
         """Checks of the arguments only this estimator has."""
+
+    def _resolved_params(self, *, warn: bool = False) -> dict[str, Any]:
+        """``get_params()`` with renamed keywords under their new names (the old ones dropped).
+
+        A renamed keyword passed explicitly overrides the new one (with a FutureWarning when
+        ``warn``).
+        """
+        params = self.get_params()
+        for old, new in RENAMED_PARAMS.items():
+            value = params.pop(old, DEPRECATED)
+            if isinstance(value, str) and value == DEPRECATED:
+                continue
+            if warn:
+                warnings.warn(
+                    f"{type(self).__name__}({old}=...) is deprecated and will be removed in the "
+                    f"next release; use {new}= (same meaning).",
+                    FutureWarning, stacklevel=4,
+                )
+            params[new] = value
+        return params
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -161,8 +193,10 @@ class MinimaxEstimator:
         return cls.from_state(state, device=device)
 
 
-def json_default(value: Any) -> Any:
-    """JSON encoding of numpy scalars (``json.dumps(..., default=json_default)``)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+def renamed_state(params: dict[str, Any],
+                  arrays: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A saved state's params and arrays with the names renamed in 0.3 (older saves)."""
+    params = {RENAMED_PARAMS.get(name, name): value for name, value in params.items()}
+    history = {f"history/{old}": f"history/{new}" for old, new in RENAMED_HISTORY.items()}
+    return params, {history.get(name, name): value for name, value in arrays.items()}
+

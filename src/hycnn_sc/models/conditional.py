@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._validation import check_positive
 from ._convex_base import ConvexPotential
-from ._utils import check_hidden, check_positive
+from ._utils import check_hidden
 from .hycnn import HyCNN
 from .icnn import ICNN
 

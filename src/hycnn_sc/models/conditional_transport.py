@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import as_float_array, make_generator
 from ._convex_base import potential_gradient
-from ._estimator import MinimaxEstimator
+from ._estimator import DEPRECATED, MinimaxEstimator, renamed_state
 from ._minimax import MinimaxSettings, StackedSamples, train_minimax, warm_start
 from ._selection import (
     MAX_SCORED_CELLS,
@@ -22,7 +23,7 @@ from ._selection import (
     fit_linear,
     fit_linear_in_frame,
 )
-from ._utils import as_float_array, check_hidden, make_generator, resolve_device
+from ._utils import check_hidden, resolve_device
 from .conditional import ConditionalHyCNN, ConditionalICNN, ConditionalPotential, ConditionEncoder
 from .transport import (
     DEFAULT_QUADRATIC,
@@ -150,14 +151,16 @@ class ConditionalTransportMap(MinimaxEstimator):
         learns to predict a new context from its control-cell summary.
     combination_sep
         Separator of singles in a combination label.
-    validation_fraction
+    selection_fraction
         Share of every condition's cells held out to pick the best iterate and ``λ``.
-    validation_every
-        Iterations between validations (``None``: ``n_iters // 20``).
+    selection_every
+        Iterations between held-out checks (``None``: ``n_iters // 20``).
     network_kwargs
         Extra arguments of the convex network (``isotropic_quadratic`` defaults to 0.1).
     device, seed, progress
         As in ``TransportMap``.
+    validation_fraction, validation_every
+        Deprecated names of ``selection_fraction`` and ``selection_every``.
 
     Attributes
     ----------
@@ -219,12 +222,14 @@ class ConditionalTransportMap(MinimaxEstimator):
         residual: float | Literal["auto"] = "auto",
         context_dropout: float = 0.2,
         combination_sep: str = "+",
-        validation_fraction: float = 0.1,
-        validation_every: int | None = None,
+        selection_fraction: float = 0.1,
+        selection_every: int | None = None,
         network_kwargs: dict[str, Any] | None = None,
         device: str = "auto",
         seed: int | None = None,
         progress: bool = False,
+        validation_fraction: float | str = DEPRECATED,
+        validation_every: int | str | None = DEPRECATED,
     ) -> None:
         for name, value in locals().items():
             if name != "self":
@@ -336,8 +341,8 @@ class ConditionalTransportMap(MinimaxEstimator):
                      ((arrays[k][1] - means[key]) / scale).astype(np.float32))
                     for k, key in enumerate(context_keys)]
         summaries = {key: _summary(standard[context_keys.index(key)][0]) for key in context_list}
-        masks = [(once(k, "mask", lambda s=s: _held_mask(len(s), self.validation_fraction, rng)),
-                  _held_mask(len(t), self.validation_fraction, rng))
+        masks = [(once(k, "mask", lambda s=s: _held_mask(len(s), self._selection_fraction, rng)),
+                  _held_mask(len(t), self._selection_fraction, rng))
                  for k, (s, t) in enumerate(standard)]
 
         shrinkages = SHRINKAGE_GRID if self.shrinkage == "auto" else (float(self.shrinkage),)
@@ -382,7 +387,7 @@ class ConditionalTransportMap(MinimaxEstimator):
                  t[m[1]] if m[1].sum() >= MIN_VALIDATION_POINTS else t)
                 for k, ((s, t), m) in enumerate(zip(standard, masks, strict=True))]
         validation = None
-        if self.validation_fraction > 0:
+        if self._selection_fraction > 0:
             validation = (StackedSamples([once(k, "validation", lambda s=s: s[:MAX_VALIDATION_POINTS])
                                           for k, (s, _) in enumerate(held)], device),
                           [torch.as_tensor(t[:MAX_VALIDATION_POINTS], device=device) for _, t in held])
@@ -391,7 +396,7 @@ class ConditionalTransportMap(MinimaxEstimator):
             n_iters=self.n_iters if train_network else 0, inner_steps=self.inner_steps,
             batch_size=self.batch_size, lr=self.lr, lr_final_fraction=self.lr_final_fraction,
             lr_warmup_fraction=self.lr_warmup_fraction, betas=tuple(self.betas),
-            validation_every=self.validation_every or max(self.n_iters // 20, 1),
+            validation_every=self._selection_every or max(self.n_iters // 20, 1),
             tau=tau if self.model == "hycnn" else None, tau_schedule=self.tau_schedule,
             tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
         )
@@ -426,7 +431,7 @@ class ConditionalTransportMap(MinimaxEstimator):
         conditions (at least one). Their linear parts are still fitted.
         """
         conditions = self.conditions_
-        if (self.residual != "auto" or self.validation_fraction == 0
+        if (self.residual != "auto" or self._selection_fraction == 0
                 or len(conditions) < MIN_CONDITIONS_FOR_TRANSFER_HOLDOUT):
             return []
         transferable = [
@@ -616,7 +621,7 @@ class ConditionalTransportMap(MinimaxEstimator):
                          rng: np.random.Generator) -> float:
         if self.residual != "auto":
             return float(self.residual)
-        if not train_network or self.validation_fraction == 0:
+        if not train_network or self._selection_fraction == 0:
             return 1.0 if train_network else 0.0
         n_held = sum(min(len(s), len(t)) for s, t in held)
         if n_held < MIN_RESIDUAL_CELLS:
@@ -796,7 +801,7 @@ class ConditionalTransportMap(MinimaxEstimator):
         arrays["context/summaries"] = np.stack([self.context_summaries_[c] for c in contexts])
         for name, value in self.history_.items():
             arrays[f"history/{name}"] = np.asarray(value)
-        params = self.get_params()
+        params = self._resolved_params()
         params["hidden"] = list(self._resolved_hidden())
         params["condition_hidden"] = list(params["condition_hidden"])
         params["betas"] = list(params["betas"])
@@ -824,6 +829,7 @@ class ConditionalTransportMap(MinimaxEstimator):
             if int(state["format_version"]) > FORMAT_VERSION:
                 raise ValueError("written by a newer hycnn_sc; upgrade hycnn_sc")
             params, fitted, arrays = dict(state["params"]), dict(state["fitted"]), state["arrays"]
+            params, arrays = renamed_state(params, arrays)
             params["hidden"] = tuple(int(w) for w in params["hidden"])
             params["condition_hidden"] = tuple(int(w) for w in params["condition_hidden"])
             params["betas"] = tuple(float(b) for b in params["betas"])

@@ -27,7 +27,7 @@ from typing import Any, Self
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._utils import check_positive
+from .._validation import check_array, check_positive
 
 #: Covariance estimators of :class:`GaussianTransportMap`.
 COVARIANCES = ("empirical", "ledoit_wolf")
@@ -173,36 +173,6 @@ def shrink_towards_identity(
     return shrunk, inverse
 
 
-def _check_samples(data: Any, name: str, *, min_rows: int = 2) -> NDArray[np.floating]:
-    """Validate a finite 2-D numeric array of cells x features (sparse input is densified)."""
-    if hasattr(data, "detach"):  # a torch tensor
-        data = data.detach().cpu().numpy()
-    if hasattr(data, "toarray"):  # a scipy sparse matrix
-        data = data.toarray()
-    array = np.asarray(data)
-    if (
-        array.dtype == object
-        or not (np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.bool_))
-        or np.iscomplexobj(array)
-    ):
-        raise TypeError(f"`{name}` must be a real numeric array, got dtype {array.dtype}.")
-    if array.ndim != 2:
-        raise ValueError(
-            f"`{name}` must be 2-D with shape (n_cells, n_features), got shape {array.shape}; "
-            f"reshape 1-D data with {name}[:, None] (one feature) or {name}[None, :] (one cell)."
-        )
-    if array.shape[1] == 0:
-        raise ValueError(f"`{name}` has no features (shape {array.shape}).")
-    if array.shape[0] < min_rows:
-        raise ValueError(
-            f"`{name}` has {array.shape[0]} row(s); at least {min_rows} are needed"
-            + (" to estimate a covariance." if min_rows > 1 else ".")
-        )
-    if not np.isfinite(array).all():
-        raise ValueError(f"`{name}` contains NaN or infinite values; remove or impute them first.")
-    return array
-
-
 def _regularized_covariance(
     data: NDArray[np.floating], regularization: float, name: str, estimator: str = "empirical"
 ) -> NDArray[np.float64]:
@@ -336,8 +306,8 @@ class GaussianTransportMap:
                 f"Unknown covariance {self.covariance!r}; choose one of {COVARIANCES}."
             )
         regularization = float(self.regularization)
-        x0 = _check_samples(source, "source")
-        x1 = _check_samples(target, "target")
+        x0 = check_array(source, "`source`", min_rows=2, why=" to estimate a covariance")
+        x1 = check_array(target, "`target`", min_rows=2, why=" to estimate a covariance")
         if x0.shape[1] != x1.shape[1]:
             raise ValueError(
                 f"`source` has {x0.shape[1]} features but `target` has {x1.shape[1]}; both must "
@@ -371,12 +341,8 @@ class GaussianTransportMap:
     def _apply(
         self, data: ArrayLike, name: str, shift_in: NDArray, matrix: NDArray, shift_out: NDArray
     ) -> NDArray[np.floating]:
-        array = _check_samples(data, name, min_rows=1)
-        if array.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"`{name}` has {array.shape[1]} features but the map was fitted on "
-                f"{self.n_features_in_}."
-            )
+        array = check_array(data, f"`{name}`", n_features=self.n_features_in_,
+                            reference="the map was fitted on")
         out = shift_out + (np.asarray(array, dtype=np.float64) - shift_in) @ matrix
         return out.astype(np.float32) if array.dtype == np.float32 else out
 

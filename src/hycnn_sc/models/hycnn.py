@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .._validation import check_positive
 from ._convex_base import ConvexPotential
-from ._utils import check_positive
 
 
 def smooth_max(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:

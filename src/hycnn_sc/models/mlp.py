@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._utils import check_hidden, check_positive
+from .._validation import check_positive
+from ._utils import check_hidden
 
 
 class MLP(nn.Module):

@@ -10,9 +10,10 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
+from .._validation import check_positive, make_generator
 from ._convex_base import potential_gradient
 from ._factory import DEFAULT_HIDDEN, build_potential, check_model_name
-from ._utils import check_hidden, check_positive, make_generator, resolve_device
+from ._utils import check_hidden, resolve_device
 from .mlp import MLP
 from .schedules import check_tau_schedule, cosine_factor, tau_at
 

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._validation import as_float_array, check_positive, make_generator
 from ._convex_base import ConvexPotential, potential_gradient
-from ._estimator import MinimaxEstimator
+from ._estimator import DEPRECATED, MinimaxEstimator, renamed_state
 from ._factory import build_potential
 from ._minimax import MinimaxSettings, StackedSamples, train_in_cycles, train_minimax, warm_start
 from ._selection import (
@@ -28,7 +29,7 @@ from ._selection import (
     group_means,
     paired_groups,
 )
-from ._utils import as_float_array, check_positive, make_generator, resolve_device
+from ._utils import resolve_device
 from .gaussian import GaussianTransportMap
 from .objectives import dual_w2_squared
 
@@ -61,7 +62,7 @@ AUTO_FIRST_CYCLE = 500
 AUTO_EPOCHS = 500
 AUTO_MIN_ITERS = 1500
 AUTO_MAX_ITERS = 31500
-#: ``n_iters="auto"`` without held-out data (``validation_fraction=0``): a fixed budget.
+#: ``n_iters="auto"`` without held-out data (``selection_fraction=0``): a fixed budget.
 AUTO_ITERS_WITHOUT_VALIDATION = 1000
 #: Rows per chunk in :meth:`TransportMap.transport` and friends.
 INFERENCE_BATCH = 32768
@@ -98,7 +99,7 @@ class TransportMap(MinimaxEstimator):
         standard errors). The total is capped at 500 passes over the larger training side (in
         batches), clipped to 1,500–31,500 iterations. A linear truth stops after 500
         iterations on the warm start; a large nonlinear problem trains for thousands.
-        Without held-out data (``validation_fraction=0``) ``"auto"`` means one
+        Without held-out data (``selection_fraction=0``) ``"auto"`` means one
         1,000-iteration schedule.
     inner_steps
         Updates of ``g`` per outer iteration (``2``: on the Wasserstein-2 benchmark, D = 16,
@@ -144,15 +145,15 @@ class TransportMap(MinimaxEstimator):
         its own source points), ``"within"`` (the average of the linear maps fitted within
         each group), or ``"auto"`` (default): chosen by leave-one-group-out when group labels
         are passed to :meth:`fit`, else ``"global"``.
-    validation_fraction
+    selection_fraction
         Share of each side held out to pick the best iterate, the linear part and the
         residual weight (by the energy distance between mapped and held-out target points);
         with at least two groups, whole groups are held out instead. A side with too few
         points to hold out 8 is scored on its training points. ``0`` trains without
         selection: the last iterate, and ``residual="auto"`` then means the network alone.
-    validation_every
-        Iterations between validations; ``None`` means 20 per schedule (``n_iters // 20``; with
-        ``n_iters="auto"``, 20 per cycle).
+    selection_every
+        Iterations between held-out checks; ``None`` means 20 per schedule (``n_iters // 20``;
+        with ``n_iters="auto"``, 20 per cycle).
     network_kwargs
         Extra keyword arguments of the network class (e.g. ``{"activation": "softplus"}``).
         ``isotropic_quadratic`` defaults to ``0.1`` here: each potential gets a learnable
@@ -169,6 +170,9 @@ class TransportMap(MinimaxEstimator):
         seed are bit-identical. ``None`` draws one and stores it in ``seed_``.
     progress
         Show progress bars.
+    validation_fraction, validation_every
+        Deprecated names of ``selection_fraction`` and ``selection_every`` (a FutureWarning;
+        removed in the next release).
 
     Attributes
     ----------
@@ -179,8 +183,8 @@ class TransportMap(MinimaxEstimator):
     scale_ : float
         Common scale used for standardisation.
     history_ : dict of ndarray
-        ``loss_f``, ``loss_g`` (per iteration), ``tau``, ``validation_iteration`` and
-        ``validation_energy`` (standardised units).
+        ``loss_f``, ``loss_g`` (per iteration), ``tau``, ``selection_iteration`` and
+        ``selection_energy`` (standardised units).
     best_iteration_ : int
         Iteration whose weights were kept.
     converged_ : bool
@@ -241,12 +245,14 @@ class TransportMap(MinimaxEstimator):
         shrinkage: float | Literal["auto"] = "auto",
         residual: float | Literal["auto"] = "auto",
         frame: Literal["auto", "global", "group", "within"] = "auto",
-        validation_fraction: float = 0.1,
-        validation_every: int | None = None,
+        selection_fraction: float = 0.1,
+        selection_every: int | None = None,
         network_kwargs: dict[str, Any] | None = None,
         device: str = "auto",
         seed: int | None = None,
         progress: bool = False,
+        validation_fraction: float | str = DEPRECATED,
+        validation_every: int | str | None = DEPRECATED,
     ) -> None:
         self.model = model
         self.hidden = hidden
@@ -266,12 +272,14 @@ class TransportMap(MinimaxEstimator):
         self.shrinkage = shrinkage
         self.residual = residual
         self.frame = frame
-        self.validation_fraction = validation_fraction
-        self.validation_every = validation_every
+        self.selection_fraction = selection_fraction
+        self.selection_every = selection_every
         self.network_kwargs = network_kwargs
         self.device = device
         self.seed = seed
         self.progress = progress
+        self.validation_fraction = validation_fraction
+        self.validation_every = validation_every
 
     _auto_budget = True
 
@@ -400,7 +408,7 @@ class TransportMap(MinimaxEstimator):
         # Each map selects its best iterate (and its residual weight) on its held-out points; a
         # map whose held-out share is too small (a small stratum) falls back to its training
         # points rather than switching selection off for every stacked map.
-        use_validation = self.validation_fraction > 0
+        use_validation = self._selection_fraction > 0
         chosen = [p.scoring_pair() for p in prepared]
         validation = None
         if use_validation:
@@ -413,14 +421,14 @@ class TransportMap(MinimaxEstimator):
             n_iters=n_iters if train_network else 0, inner_steps=self.inner_steps,
             batch_size=self.batch_size, lr=self.lr, lr_final_fraction=self.lr_final_fraction,
             lr_warmup_fraction=self.lr_warmup_fraction, betas=tuple(self.betas),
-            validation_every=self.validation_every or max(n_iters // 20, 1),
+            validation_every=self._selection_every or max(n_iters // 20, 1),
             tau=tau if self.model == "hycnn" else None, tau_schedule=self.tau_schedule,
             tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
         )
         if cap is not None and train_network:
             result = train_in_cycles(f, g, source_samples, target_samples, settings, generator,
                                      validation, first_cycle=n_iters, max_iters=cap,
-                                     validation_every=self.validation_every)
+                                     validation_every=self._selection_every)
         else:
             result = train_minimax(f, g, source_samples, target_samples, settings, generator,
                                    validation)
@@ -485,7 +493,7 @@ class TransportMap(MinimaxEstimator):
             source_labels, target_labels = source_labels[keep_s], target_labels[keep_t]
         grouped = len(groups) >= 2
         held_s, held_t = _selection_masks(source_labels, target_labels, groups, grouped,
-                                          self.validation_fraction, len(source), len(target), rng)
+                                          self._selection_fraction, len(source), len(target), rng)
         if self.frame == "auto":
             frames = FRAMES if grouped else ("global",)
         else:
@@ -530,7 +538,7 @@ class TransportMap(MinimaxEstimator):
         if self.residual != "auto":
             return float(self.residual)
         held_source, held_target = prep.scoring_pair()
-        if self.validation_fraction == 0 or min(len(held_source), len(held_target)) < 2:
+        if self._selection_fraction == 0 or min(len(held_source), len(held_target)) < 2:
             return 1.0  # nothing held out to compare on: the trained map, as before
         labels = (prep.held_labels if prep.record["groups_held_out"]
                   and held_source is prep.held_source else (None, None))
@@ -731,7 +739,7 @@ class TransportMap(MinimaxEstimator):
         labels = sorted(self.group_means_)
         if labels:
             arrays["group_means/values"] = np.stack([self.group_means_[k] for k in labels])
-        params = self.get_params()
+        params = self._resolved_params()
         params["hidden"] = list(self._resolved_hidden())
         params["betas"] = list(params["betas"])
         fitted = {
@@ -758,6 +766,7 @@ class TransportMap(MinimaxEstimator):
                     f"{FORMAT_VERSION}); upgrade hycnn_sc"
                 )
             params, fitted, arrays = dict(state["params"]), dict(state["fitted"]), state["arrays"]
+            params, arrays = renamed_state(params, arrays)
             params["hidden"] = tuple(int(w) for w in params["hidden"])
             params["betas"] = tuple(float(b) for b in params["betas"])
             params["device"] = device

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._validation import check_real_dtype
+
 #: Fewest cells a group needs: a few for training and some held out for evaluation.
 MIN_CELLS = 4
 #: Rows densified at a time when reading a sparse or backed matrix.
@@ -26,8 +28,8 @@ def check_adata(adata: Any) -> AnnData:
     return adata
 
 
-def group_labels(adata: AnnData, column: str, argument: str = "groupby") -> pd.Series:
-    """``obs[column]`` as strings, checking it exists and holds labels (``argument`` names it)."""
+def obs_column(adata: AnnData, column: str, argument: str) -> pd.Series:
+    """``obs[column]``, checking ``column`` is a str naming a column (``argument`` names it)."""
     if not isinstance(column, str):
         raise TypeError(f"{argument} must be the name of an obs column (a str), got {column!r}.")
     if column not in adata.obs:
@@ -35,7 +37,12 @@ def group_labels(adata: AnnData, column: str, argument: str = "groupby") -> pd.S
             f"{argument}={column!r} is not a column of adata.obs; available: "
             f"{list(adata.obs.columns)}."
         )
-    values = adata.obs[column]
+    return adata.obs[column]
+
+
+def group_labels(adata: AnnData, column: str, argument: str = "groupby") -> pd.Series:
+    """``obs[column]`` as strings, checking it exists and holds labels (``argument`` names it)."""
+    values = obs_column(adata, column, argument)
     if pd.api.types.is_float_dtype(values) and values.nunique() > 0.5 * len(values):
         raise ValueError(
             f"{argument}={column!r}: obs[{column!r}] looks continuous ({values.nunique()} distinct "
@@ -152,6 +159,14 @@ def get_matrix(adata: AnnData, use_rep: str | None, layer: str | None):
     return matrix
 
 
+def shared_genes(genes: Any, reference: Any) -> int | None:
+    """``None`` when both gene lists are equal, order included; else how many genes they share."""
+    genes, reference = np.asarray(genes).astype(str), np.asarray(reference).astype(str)
+    if len(genes) == len(reference) and np.array_equal(genes, reference):
+        return None
+    return len(np.intersect1d(genes, reference))
+
+
 def representation_name(use_rep: str | None, layer: str | None) -> str:
     return f"obsm[{use_rep!r}]" if use_rep else (f"layers[{layer!r}]" if layer else "X")
 
@@ -165,14 +180,8 @@ def read_rows(adata: AnnData, rows: np.ndarray, use_rep: str | None, layer: str 
     """
     name = representation_name(use_rep, layer)
     matrix = get_matrix(adata, use_rep, layer)
-    dtype = getattr(matrix, "dtype", None)
-    if dtype is None or dtype.kind == "O" or np.issubdtype(dtype, np.complexfloating) or not (
-        np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)
-    ):
-        raise TypeError(
-            f"{name} has dtype {dtype}; it must hold real numbers. Convert it, e.g. "
-            "np.asarray(values, dtype=np.float32)."
-        )
+    check_real_dtype(getattr(matrix, "dtype", None), name,
+                     " Convert it, e.g. np.asarray(values, dtype=np.float32).")
     # Read each distinct row once, in increasing order (h5py, i.e. backed mode, needs that),
     # then restore the requested order and repeats.
     unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
@@ -237,15 +246,6 @@ def check_fraction(value: float, name: str, hint: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not 0 <= value < 1:
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.{hint}")
-
-
-def check_seed(seed: Any) -> int:
-    """A non-negative int seed; ``None`` draws one (returned, so that it can be stored)."""
-    if seed is None:
-        return int(np.random.SeedSequence().generate_state(1)[0])
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}.")
-    return int(seed)
 
 
 def labels_sequence(value: Any) -> Sequence[str]:
