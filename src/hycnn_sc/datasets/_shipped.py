@@ -29,25 +29,7 @@ _CONTROL_LABELS = ("control", "ctrl")
 
 
 def _read_shipped(filename: str) -> AnnData:
-    """Read one shipped ``.h5ad`` file into memory as a new AnnData object.
-
-    Parameters
-    ----------
-    filename
-        File name inside ``hycnn_sc/datasets/data/``.
-
-    Returns
-    -------
-    AnnData
-        A freshly read object: nothing is shared between calls, so callers may
-        modify it in place.
-
-    Examples
-    --------
-    >>> adata = _read_shipped("kang_ifnb1k.h5ad")
-    >>> adata.n_obs
-    832
-    """
+    """A new AnnData read from ``hycnn_sc/datasets/data/<filename>`` (nothing shared between calls)."""
     import anndata
 
     resource = resources.files(_DATA_PACKAGE).joinpath(_DATA_DIR, filename)
@@ -64,27 +46,7 @@ def _read_shipped(filename: str) -> AnnData:
 
 
 def _ensure_categoricals(obs: pd.DataFrame) -> None:
-    """Make the label columns categorical, with the control label as the first category.
-
-    The control label is ``"control"`` or, where a column has no ``"control"``
-    category, ``"ctrl"``; the order of the other categories is kept.
-
-    Parameters
-    ----------
-    obs
-        Cell annotation table, modified in place.
-
-    Examples
-    --------
-    >>> obs = pd.DataFrame({"condition": ["b", "control", "a"]})
-    >>> _ensure_categoricals(obs)
-    >>> list(obs["condition"].cat.categories)
-    ['control', 'a', 'b']
-    >>> obs = pd.DataFrame({"condition": ["panobinostat", "ctrl"], "patient_id": ["P2", "P1"]})
-    >>> _ensure_categoricals(obs)
-    >>> list(obs["condition"].cat.categories), list(obs["patient_id"].cat.categories)
-    (['ctrl', 'panobinostat'], ['P1', 'P2'])
-    """
+    """Make ``obs``'s label columns categorical in place: control label first, others kept in order."""
     for column in _CATEGORICAL_COLUMNS:
         if column not in obs.columns:
             continue
