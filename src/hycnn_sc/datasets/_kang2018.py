@@ -33,6 +33,10 @@ _METADATA_FILE = "GSE96583_batch2.total.tsne.df.tsv.gz"
 _PROCESSED_FILE = "kang2018_singlets_v1.h5ad"
 _CACHE_SUBDIR = "kang2018"
 _CONDITIONS = ("control", "stimulated")
+_REFERENCE = (
+    "Kang HM et al. Multiplexed droplet single-cell RNA-sequencing using natural "
+    "genetic variation. Nat Biotechnol 36, 89-94 (2018). doi:10.1038/nbt.4042"
+)
 
 
 @dataclass(frozen=True)
@@ -249,12 +253,12 @@ def _read_kang2018_files(directory: str | os.PathLike[str]) -> AnnData:
     has_tsne = None not in tsne_columns
     libraries = []  # a loop, not a comprehension: the warnings' stacklevel counts frames
     for sample in _SAMPLES:
-        rows = table.loc[stim_labels.eq(sample.stim).to_numpy()]
+        singlets = table.loc[stim_labels.eq(sample.stim).to_numpy()]
         libraries.append(
             _read_library(
                 directory,
                 sample,
-                rows,
+                singlets,
                 n_genes=len(gene_ids),
                 tsne_columns=tsne_columns if has_tsne else None,
             )
@@ -273,10 +277,7 @@ def _read_kang2018_files(directory: str | os.PathLike[str]) -> AnnData:
         "geo_series": _SERIES,
         "geo_samples": [sample.gsm for sample in _SAMPLES],
         "files": list(_remote_files()),
-        "reference": (
-            "Kang HM et al. Multiplexed droplet single-cell RNA-sequencing using natural "
-            "genetic variation. Nat Biotechnol 36, 89-94 (2018). doi:10.1038/nbt.4042"
-        ),
+        "reference": _REFERENCE,
     }
     return adata
 
