@@ -37,7 +37,7 @@ def _perturbation_data(seed: int = 0) -> ad.AnnData:
 def fitted():
     adata = _perturbation_data()
     hs.tl.fit_transport(adata, groupby="condition", source="control", use_rep="X_rep",
-                        conditional=True, covariates=["line"], validation_fraction=0.2, **FAST)
+                        conditional=True, covariates=["line"], holdout_fraction=0.2, **FAST)
     return adata
 
 

@@ -11,7 +11,7 @@ import sys
 import anndata as ad
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY_FIT
 
 scvi = pytest.importorskip("scvi")
 
@@ -52,7 +52,7 @@ def scvi_fitted():
     adata = _kang()
     model = _train(adata)
     scvi_latent(adata, scvi_model=model)
-    fit_transport(adata, groupby="condition", source="control", use_rep="X_scVI", seed=0, **TINY)
+    fit_transport(adata, groupby="condition", source="control", use_rep="X_scVI", seed=0, **TINY_FIT)
     return adata, model
 
 

@@ -1,6 +1,6 @@
 """The AnnData API of ``hycnn_sc.tl`` works: fit_transport, predict, evaluate and their storage.
 
-Real data only (the shipped Kang 2018 and Perturb-seq subsets), tiny maps (see conftest.TINY):
+Real data only (the shipped Kang 2018 and Perturb-seq subsets), tiny maps (see conftest.TINY_FIT):
 these tests check plumbing, storage and reproducibility, not map quality.
 """
 
@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import N_PCS, TINY
+from conftest import N_PCS, TINY_FIT
 
 from hycnn_sc.tl import evaluate, fit_transport, predict
-from hycnn_sc.tl._schema import decode_map
+from hycnn_sc.tl._schema import FitParams, decode_map
 
 EVALUATION_COLUMNS = [
     "target", "stratum", "group", "space", "method", "n_predicted", "n_observed",
@@ -53,11 +53,13 @@ def test_fit_transport_writes_documented_fields(kang_fitted):
     assert list(params["targets"]) == ["stimulated"]
     assert params["use_rep"] == "X_pca" and params["layer"] == "" and params["split_by"] == ""
     assert params["seed"] == 0 and params["n_features"] == N_PCS
-    assert params["validation_fraction"] == 0.2 and params["schema_version"] == 1
+    assert params["holdout_fraction"] == 0.2 and params["schema_version"] == 1
+    assert "validation_fraction" not in params
     assert {"torch", "numpy", "anndata", "scanpy", "hycnn_sc"} <= set(params["versions"])
     model_params = json.loads(params["model_params_json"])
-    assert model_params["n_iters"] == TINY["n_iters"] and model_params["hidden"] == [8]
-    assert model_params["validation_fraction"] == 0.1  # the map's own selection_fraction
+    assert model_params["n_iters"] == TINY_FIT["n_iters"] and model_params["hidden"] == [8]
+    assert model_params["selection_fraction"] == 0.1  # the map's own split, at its default
+    assert "validation_fraction" not in model_params and "validation_every" not in model_params
     assert model_params["seed"] == 0
     np.testing.assert_array_equal(stored["var_names"], adata.var_names)
     representation = stored["representation"]
@@ -85,7 +87,7 @@ def test_fit_transport_writes_documented_fields(kang_fitted):
 
 def test_fit_transport_returns_none_copy_leaves_original_and_is_reproducible(kang, kang_fitted):
     before = (list(kang.obs.columns), list(kang.obsm.keys()), list(kang.uns.keys()))
-    result = fit_transport(kang, groupby="condition", source="control", seed=0, copy=True, **TINY)
+    result = fit_transport(kang, groupby="condition", source="control", seed=0, copy=True, **TINY_FIT)
     assert isinstance(result, ad.AnnData) and result is not kang
     assert (list(kang.obs.columns), list(kang.obsm.keys()), list(kang.uns.keys())) == before
     assert "hycnn" in result.uns and "hycnn_stimulated" in result.obsm
@@ -100,11 +102,11 @@ def test_fit_transport_returns_none_copy_leaves_original_and_is_reproducible(kan
     for name in first:
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
-    assert fit_transport(kang, groupby="condition", source="control", seed=None, **TINY) is None
+    assert fit_transport(kang, groupby="condition", source="control", seed=None, **TINY_FIT) is None
     drawn = kang.uns["hycnn"]["params"]["seed"]
     assert isinstance(drawn, int) and drawn >= 0  # seed=None stores the seed it drew
     again = fit_transport(kang, groupby="condition", source="control", seed=drawn, copy=True,
-                          **TINY)
+                          **TINY_FIT)
     np.testing.assert_array_equal(again.obsm["hycnn_stimulated"], kang.obsm["hycnn_stimulated"])
 
 
@@ -112,7 +114,7 @@ def test_refit_under_same_key_replaces_previous_results(kang_fitted):
     adata = kang_fitted.copy()
     adata.obsm["hycnn_umap"] = np.zeros((adata.n_obs, 2))  # not ours: must survive
     adata.obs["group"] = np.where(_control(adata), "ctrl", "stim")
-    fit_transport(adata, groupby="group", source="ctrl", **TINY)
+    fit_transport(adata, groupby="group", source="ctrl", **TINY_FIT)
     assert "hycnn_stimulated" not in adata.obsm  # stale target of the previous fit
     assert {"hycnn_stim", "hycnn_umap"} <= set(adata.obsm)
 
@@ -135,6 +137,56 @@ def test_h5ad_round_trip_gives_identical_predictions(kang_fitted, tmp_path):
     read.write_h5ad(tmp_path / "evaluated.h5ad")
     stored = ad.read_h5ad(tmp_path / "evaluated.h5ad").uns["hycnn"]["evaluation"]
     pd.testing.assert_frame_equal(stored.reset_index(drop=True), table, check_dtype=False)
+
+
+
+def test_fit_params_record_round_trip_survives_h5ad(kang_fitted, tmp_path):
+    record = FitParams.from_uns(kang_fitted.uns["hycnn"]["params"])
+    assert record.use_rep == "X_pca" and record.layer is None and record.split_by is None
+    assert record.targets == ["stimulated"] and record.holdout_fraction == 0.2
+    assert record.model_params["n_iters"] == TINY_FIT["n_iters"] and not record.conditional
+    # to_uns writes what fit_transport stored (same keys, same values).
+    again = record.to_uns()
+    stored = kang_fitted.uns["hycnn"]["params"]
+    assert list(again) == list(stored)
+    for name, value in stored.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(again[name], value)
+        else:
+            assert again[name] == value, name
+    adata = ad.AnnData(np.zeros((2, 1), np.float32))
+    adata.uns["params"] = again
+    adata.write_h5ad(tmp_path / "params.h5ad")
+    assert FitParams.from_uns(ad.read_h5ad(tmp_path / "params.h5ad").uns["params"]) == record
+
+
+def test_uns_written_before_the_holdout_rename_still_works(kang_fitted):
+    adata = kang_fitted.copy()
+    params = dict(adata.uns["hycnn"]["params"])
+    params["validation_fraction"] = params.pop("holdout_fraction")  # as hycnn_sc 0.2 wrote it
+    model_params = json.loads(params["model_params_json"])
+    model_params["validation_fraction"] = model_params.pop("selection_fraction")
+    params["model_params_json"] = json.dumps(model_params)
+    adata.uns["hycnn"] = {**adata.uns["hycnn"], "params": params}
+    record = FitParams.from_uns(params)
+    assert record.holdout_fraction == 0.2 and record.model_params["selection_fraction"] == 0.1
+    np.testing.assert_array_equal(predict(adata, target="stimulated").obsm["X_pca"],
+                                  predict(kang_fitted, target="stimulated").obsm["X_pca"])
+    pd.testing.assert_frame_equal(evaluate(adata, gene_space_metrics=False),
+                                  evaluate(kang_fitted.copy(), gene_space_metrics=False))
+
+
+def test_validation_fraction_is_a_deprecated_name_of_holdout_fraction(kang, kang_fitted):
+    call = {k: v for k, v in TINY_FIT.items() if k != "holdout_fraction"}
+    with pytest.warns(FutureWarning, match=r"validation_fraction=.*deprecated.*holdout_fraction=0.2"):
+        fit_transport(kang, groupby="condition", source="control", seed=0,
+                      validation_fraction=0.2, **call)
+    assert kang.uns["hycnn"]["params"]["holdout_fraction"] == 0.2
+    np.testing.assert_array_equal(kang.obsm["hycnn_stimulated"],
+                                  kang_fitted.obsm["hycnn_stimulated"])
+    with pytest.raises(TypeError, match="Pass holdout_fraction only"):
+        fit_transport(kang, groupby="condition", source="control", validation_fraction=0.2,
+                      **{**call, "holdout_fraction": 0.3})
 
 
 # ------------------------------------------------------------------------------ predict
@@ -215,7 +267,7 @@ def test_use_rep_none_dense_sparse_and_layer_agree(kang_hvg_base):
     for label, adata, layer in (("dense", dense, None), ("sparse", sparse, None),
                                 ("layer", layered, "logcounts")):
         fit_transport(adata, groupby="condition", source="control", use_rep=None, layer=layer,
-                      seed=0, warm_start="identity", **TINY)
+                      seed=0, warm_start="identity", **TINY_FIT)
         assert adata.uns["hycnn"]["params"]["layer"] == (layer or "")
         predicted = predict(adata, target="stimulated")
         assert list(predicted.var_names) == list(adata.var_names)
@@ -231,7 +283,7 @@ def test_use_rep_none_dense_sparse_and_layer_agree(kang_hvg_base):
 def test_split_by_maps_within_strata(kang_fitted):
     adata = kang_fitted.copy()
     fit_transport(adata, groupby="condition", source="control", split_by="cell_type",
-                  key_added="typed", warm_start="identity", **TINY)
+                  key_added="typed", warm_start="identity", **TINY_FIT)
     stored = adata.uns["typed"]
     strata = sorted(adata.obs["cell_type"].astype(str).unique())
     assert sorted(entry["stratum"] for entry in stored["maps"].values()) == strata
@@ -257,7 +309,7 @@ def test_split_by_maps_within_strata(kang_fitted):
     with pytest.raises(ValueError, match=r"No 'stimulated' map for cell_type = \['Platelet'\]"):
         predict(adata, key="typed", target="stimulated", query=query)
 
-    with pytest.warns(UserWarning, match=r"Not evaluated: .*cell_type=.*larger validation_fraction"):
+    with pytest.warns(UserWarning, match=r"Not evaluated: .*cell_type=.*larger holdout_fraction"):
         table = evaluate(adata, key="typed", gene_space_metrics=False)
     assert set(table["stratum"]) <= set(strata) and len(set(table["stratum"])) >= 2
 
@@ -273,7 +325,7 @@ def test_perturbseq_all_targets_in_one_call():
     perturbations = sorted(set(adata.obs["condition"].astype(str)) - {"control"})
     assert len(perturbations) == 33
     start = time.perf_counter()
-    fit_transport(adata, groupby="condition", source="control", seed=0, **TINY)
+    fit_transport(adata, groupby="condition", source="control", seed=0, **TINY_FIT)
     elapsed = time.perf_counter() - start
     assert elapsed < 30, f"fitting 33 tiny maps took {elapsed:.1f} s"
     assert sorted(adata.uns["hycnn"]["params"]["targets"]) == perturbations

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from conftest import TINY
+from conftest import TINY_FIT
 
 import hycnn_sc.tl._inputs as tl_inputs
 from hycnn_sc.models.transport import TransportMap
@@ -188,10 +188,16 @@ FIT_CASES = {
     "device='tpu'": (None, dict(device="tpu"), ValueError, r"Unknown device 'tpu': use 'auto', 'cpu'"),
     "typo n_iter": (None, dict(n_iter=5), TypeError,
                     r"'n_iter' \(did you mean 'n_iters'\?\).*valid ones are \[.*'hidden'"),
-    "validation_fraction=1.5": (None, dict(validation_fraction=1.5), ValueError,
-                                r"validation_fraction must be a number in \[0, 1\), got 1.5"),
-    "model_kwargs dict": (None, dict(model_kwargs={"validation_fraction": 0.1}), TypeError,
-                          r"not as model_kwargs=\{...\}; validation_fraction is fit_transport's own"),
+    "holdout_fraction=1.5": (None, dict(holdout_fraction=1.5), ValueError,
+                             r"holdout_fraction must be a number in \[0, 1\), got 1.5"),
+    "holdout_fraction=-0.1": (None, dict(holdout_fraction=-0.1), ValueError,
+                              r"holdout_fraction must be a number in \[0, 1\), got -0.1"),
+    "holdout_fraction='0.2'": (None, dict(holdout_fraction="0.2"), ValueError,
+                               r"holdout_fraction must be a number in \[0, 1\), got '0.2'"),
+    "holdout_fraction=True": (None, dict(holdout_fraction=True), ValueError,
+                              r"holdout_fraction must be a number in \[0, 1\), got True"),
+    "model_kwargs dict": (None, dict(model_kwargs={"selection_fraction": 0.1}), TypeError,
+                          r"not as model_kwargs=\{...\}; holdout_fraction is fit_transport's own"),
     "selection_fraction=1.5": (None, dict(selection_fraction=1.5), ValueError,
                                r"selection_fraction must be a number in \[0, 1\), got 1.5"),
     "seed=-1": (None, dict(seed=-1), ValueError, r"seed must be a non-negative int or None, got -1"),
@@ -206,7 +212,7 @@ def test_fit_transport_bad_input(case, kang, no_training):
     if mutate is not None:
         mutate(kang)
     before = snapshot(kang)
-    call = dict(groupby="condition", source="control", **TINY)
+    call = dict(groupby="condition", source="control", **TINY_FIT)
     call.update(arguments)
     with pytest.raises(error, match=fragment):
         fit_transport(kang, **call)
@@ -217,7 +223,7 @@ def test_refit_failure_keeps_previous_results(kang_fitted, no_training):
     adata = kang_fitted.copy()
     before = snapshot(adata)
     with pytest.raises(KeyError, match="IFNG"):
-        fit_transport(adata, groupby="condition", source="control", target="IFNG", **TINY)
+        fit_transport(adata, groupby="condition", source="control", target="IFNG", **TINY_FIT)
     with pytest.raises(ValueError, match="n_iters"):
         fit_transport(adata, groupby="condition", source="control", n_iters=0)
     assert_unchanged(adata, before)
@@ -239,7 +245,7 @@ def test_failure_while_writing_rolls_back(kang_fitted, monkeypatch):
 
     monkeypatch.setattr(fit_module.pd, "Categorical", failing_categorical)
     with pytest.raises(MemoryError, match="simulated"):
-        fit_transport(adata, groupby="group", source="ctrl", **TINY)
+        fit_transport(adata, groupby="group", source="ctrl", **TINY_FIT)
     monkeypatch.undo()
     assert_unchanged(adata, before)
 
@@ -371,17 +377,17 @@ def test_batch_size_larger_than_data_and_no_held_out_cells(kang):
     """Batches are drawn with replacement, so they may exceed the groups; without held-out
     cells evaluate and cells='held_out' say how to get some."""
     fit_transport(kang, groupby="condition", source="control",
-                  **{**TINY, "batch_size": 1000, "validation_fraction": 0})
+                  **{**TINY_FIT, "batch_size": 1000, "holdout_fraction": 0})
     assert np.isfinite(kang.obsm["hycnn_stimulated"][(kang.obs["condition"] == "control")]).all()
     assert set(kang.obs["hycnn_split"].dropna()) == {"train"}
-    with pytest.raises(ValueError, match=r"Nothing to evaluate.*validation_fraction=0.2.*holdout="):
+    with pytest.raises(ValueError, match=r"Nothing to evaluate.*holdout_fraction=0.2.*holdout="):
         evaluate(kang)
-    with pytest.raises(ValueError, match=r"cells='held_out' selects no cells.*validation_fraction"):
+    with pytest.raises(ValueError, match=r"cells='held_out' selects no cells.*holdout_fraction"):
         predict(kang, target="stimulated", cells="held_out")
 
 
 # ------------------------------------------------------------------------------ data kinds
-GENE_SPACE = dict(use_rep=None, warm_start="identity", seed=0, **TINY)
+GENE_SPACE = dict(use_rep=None, warm_start="identity", seed=0, **TINY_FIT)
 
 
 @pytest.fixture(scope="module")
@@ -434,13 +440,13 @@ def test_view_is_made_actual_and_parent_untouched(kang_base):
     # A failing call leaves the view a view.
     before_view = snapshot(view)
     with pytest.raises(KeyError, match="source='ctrl'"):
-        fit_transport(view, groupby="condition", source="ctrl", **TINY)
+        fit_transport(view, groupby="condition", source="ctrl", **TINY_FIT)
     assert_unchanged(view, before_view)
 
     # copy=True: the copy is an actual AnnData, the view stays a view.
     with warnings.catch_warnings():
         warnings.simplefilter("error", ad.ImplicitModificationWarning)
-        copied = fit_transport(view, groupby="condition", source="control", copy=True, **TINY)
+        copied = fit_transport(view, groupby="condition", source="control", copy=True, **TINY_FIT)
     assert not copied.is_view and "hycnn_stimulated" in copied.obsm
     assert_unchanged(view, before_view)
 
@@ -448,7 +454,7 @@ def test_view_is_made_actual_and_parent_untouched(kang_base):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ad.ImplicitModificationWarning)
         with pytest.warns(UserWarning, match=r"received a view.*parent object is not changed"):
-            assert fit_transport(view, groupby="condition", source="control", **TINY) is None
+            assert fit_transport(view, groupby="condition", source="control", **TINY_FIT) is None
     assert not view.is_view and view.n_obs == parent.n_obs - 10
     assert "hycnn" in view.uns and "hycnn_split" in view.obs
     np.testing.assert_array_equal(view.obsm["hycnn_stimulated"], copied.obsm["hycnn_stimulated"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..tl import _inputs as inputs
-from ..tl._schema import find_maps, obsm_key, read_fitted
+from ..tl._schema import EVALUATION, find_maps, fit_params, obsm_key, read_fitted
 
 #: Colours shared by all plots: control, observed target, predicted target, background cells.
 COLORS = {
@@ -32,18 +33,9 @@ def fitted(adata: AnnData, key: str) -> dict[str, Any]:
 
 
 def params(stored: dict[str, Any]) -> dict[str, Any]:
-    """The stored fit parameters with ``""`` placeholders turned back into ``None``."""
-    raw = stored["params"]
-    targets = [str(t) for t in np.atleast_1d(np.asarray(raw["targets"], dtype=object))]
-    return {
-        "groupby": str(raw["groupby"]),
-        "source": str(raw["source"]),
-        "targets": targets,
-        "use_rep": str(raw["use_rep"]) or None,
-        "layer": str(raw["layer"]) or None,
-        "split_by": str(raw["split_by"]) or None,
-        "model": str(raw["model"]),
-    }
+    """The stored fit parameters, decoded by :class:`~hycnn_sc.tl._schema.FitParams` (``None``
+    for ``""`` placeholders, ``targets`` a list), as a dict keyed by field name."""
+    return asdict(fit_params(stored))
 
 
 def maps_for(stored: dict[str, Any], target: str | None) -> dict[str, dict[str, Any]]:
@@ -85,7 +77,7 @@ def predictions(adata: AnnData, key: str, target: str) -> tuple[np.ndarray, np.n
 
 def evaluation_table(stored: dict[str, Any], key: str) -> pd.DataFrame:
     """``adata.uns[key]['evaluation']`` as a DataFrame, or an error saying to run evaluate."""
-    table = stored.get("evaluation")
+    table = stored.get(EVALUATION)
     if table is None:
         raise KeyError(
             f"adata.uns[{key!r}] holds no 'evaluation' table: run "
@@ -177,3 +169,11 @@ def finish(fig: Figure, axes: Any, *, show: bool | None, save: bool | str | None
         plt.show()
         return None
     return axes
+
+
+#: The ``adata`` and ``key`` parameters of the plots of fitted maps (``{fitted_arguments}``).
+FITTED_ARGUMENTS = """\
+adata
+    AnnData with maps fitted by :func:`~hycnn_sc.tl.fit_transport`.
+key
+    ``key_added`` of :func:`~hycnn_sc.tl.fit_transport`."""

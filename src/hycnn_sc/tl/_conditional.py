@@ -70,14 +70,7 @@ def check_conditional_args(adata: AnnData, *, conditional: bool, covariates, com
 
 def dose_values(adata: AnnData, dose_key: str) -> np.ndarray:
     """``obs[dose_key]`` as finite floats, with a clear error otherwise."""
-    if not isinstance(dose_key, str):
-        raise TypeError(f"dose_key must be the name of an obs column (a str), got {dose_key!r}.")
-    if dose_key not in adata.obs:
-        raise KeyError(
-            f"dose_key={dose_key!r} is not a column of adata.obs; available: "
-            f"{list(adata.obs.columns)}."
-        )
-    column = adata.obs[dose_key]
+    column = inputs.obs_column(adata, dose_key, "dose_key")
     if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
         raise TypeError(
             f"dose_key={dose_key!r}: obs[{dose_key!r}] must be numeric (e.g. a log-dose), got "

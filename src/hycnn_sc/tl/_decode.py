@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from . import _inputs as inputs
+from ._schema import PREDICTION_KEY, SOURCE_COLUMN
 
 #: ``uns`` key of the records of the scVI models behind ``obsm`` latents.
 SCVI_KEY = "hycnn_scvi"
@@ -45,10 +46,6 @@ SCVI_KEY = "hycnn_scvi"
 DECODE_KEY = "hycnn_decode"
 NORMALIZED_LAYER = "normalized"
 EXPECTED_COUNTS_LAYER = "expected_counts"
-#: ``obs`` column of :func:`hycnn_sc.tl.predict` output naming each prediction's source cell.
-SOURCE_COLUMN = "source_cell"
-#: ``uns`` entry of :func:`hycnn_sc.tl.predict` output (holds ``use_rep``).
-PREDICTION_KEY = "hycnn_prediction"
 DEFAULT_REP = "X_scVI"
 #: Rows whose counts are checked to be non-negative integers.
 _COUNT_CHECK_ROWS = 200
@@ -113,11 +110,10 @@ def _record(scvi_model: Any, scvi) -> dict[str, Any]:
 
 def _check_genes(scvi_model: Any, reference: AnnData, what: str) -> None:
     genes = _model_genes(scvi_model)
-    here = np.asarray(reference.var_names).astype(str)
-    if len(genes) != len(here) or not np.array_equal(genes, here):
-        shared = len(np.intersect1d(genes, here))
+    shared = inputs.shared_genes(genes, reference.var_names)
+    if shared is not None:
         raise ValueError(
-            f"The scVI model was trained on {len(genes)} genes, {what} has {len(here)} "
+            f"The scVI model was trained on {len(genes)} genes, {what} has {reference.n_vars} "
             f"({shared} shared, or another order): it is not the AnnData the model was set up "
             "with. Pass that AnnData (same genes in the same order), or the scVI model trained "
             "on these genes."

@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from .. import metrics
+from .._docs import EXAMPLE_FITTED, doc_params
 from ..models._utils import resolve_device
 from . import _inputs as inputs
 from ._decode import ScviDecoder, check_model
 from ._holdout import baseline_predictions, evaluate_holdout, subsample
 from ._predict import gene_space, query_groups
-from ._schema import cell_strata, decode_map, find_maps, read_fitted, split_key
+from ._schema import (
+    EVALUATION,
+    EVALUATION_HOLDOUT,
+    HELD_OUT,
+    TRAIN,
+    FitParams,
+    cell_strata,
+    decode_map,
+    find_maps,
+    fit_params,
+    read_fitted,
+    split_key,
+)
 
 #: Methods reported beside the model, in table order.
 BASELINES = ("identity", "mean_shift", "gaussian_ot")
@@ -57,8 +72,8 @@ class _ScviGenes:
 
 def _gene_space_of(adata: AnnData, stored: dict, scvi_model) -> _PcaGenes | _ScviGenes | None:
     """How predictions reach gene space, or None when they cannot."""
-    params = stored["params"]
-    use_rep = str(params["use_rep"]) or None
+    params = fit_params(stored)
+    use_rep = params.use_rep
     if scvi_model is not None:
         if use_rep is None:
             raise ValueError(
@@ -67,9 +82,9 @@ def _gene_space_of(adata: AnnData, stored: dict, scvi_model) -> _PcaGenes | _Scv
             )
         check_model(scvi_model)
         n_latent = int(scvi_model.module.n_latent)
-        if int(params["n_features"]) != n_latent:
+        if params.n_features != n_latent:
             raise ValueError(
-                f"The maps were fitted on obsm[{use_rep!r}] with {int(params['n_features'])} "
+                f"The maps were fitted on obsm[{use_rep!r}] with {params.n_features} "
                 f"dimensions, the scVI model's latent space has {n_latent}: pass the model "
                 "whose latent the maps were fitted on."
             )
@@ -88,6 +103,7 @@ def _score(predicted: np.ndarray, observed: np.ndarray, control: np.ndarray) -> 
     }
 
 
+@doc_params(example_fitted=EXAMPLE_FITTED)
 def evaluate(
     adata: AnnData,
     *,
@@ -103,7 +119,7 @@ def evaluate(
 ) -> pd.DataFrame:
     """Compare predicted with observed held-out perturbed cells, beside simple baselines.
 
-    For every stored map, the held-out control cells (see ``validation_fraction`` of
+    For every stored map, the held-out control cells (see ``holdout_fraction`` of
     :func:`fit_transport`) are mapped and compared with the held-out perturbed cells. The
     same held-out control cells are also moved by three baselines fitted on the training
     cells: ``identity`` (unmoved control), ``mean_shift`` (control plus the difference of
@@ -165,7 +181,7 @@ def evaluate(
         halves of the group's perturbed cells). The representation is the stored one (a PCA
         computed on all cells saw the held-out group's cells; fit the PCA without them for
         a strict protocol, as ``benchmarks/generalisation.py`` does). Needs no held-out cells
-        (``validation_fraction`` may be 0); ``split_by`` maps are not supported. Returns one
+        (``holdout_fraction`` may be 0); ``split_by`` maps are not supported. Returns one
         row per group, target and method, with the model rows' chosen ``frame``,
         ``shrinkage`` and ``residual_weight``; stored as
         ``adata.uns[key]['evaluation_holdout']``. ``by`` and ``gene_space_metrics`` do not
@@ -185,146 +201,219 @@ def evaluate(
 
     Examples
     --------
-    >>> import scanpy as sc
-    >>> import hycnn_sc as hs
-    >>> adata = hs.datasets.kang_ifnb1k()
-    >>> sc.pp.normalize_total(adata)
-    >>> sc.pp.log1p(adata)
-    >>> sc.pp.pca(adata, n_comps=20)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
-    ...                     validation_fraction=0.2, n_iters=20, hidden=(8,), warm_start_iters=20)
+    {example_fitted}
+    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",  # hold 20 % out
+    ...                     holdout_fraction=0.2, n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> table = hs.tl.evaluate(adata)
     >>> sorted(table["method"].unique())
     ['gaussian_ot', 'hycnn', 'identity', 'mean_shift', 'observed']
     """
     stored = read_fitted(inputs.check_adata(adata), key)
-    params = stored["params"]
+    params = fit_params(stored)
     maps = find_maps(stored, target)
-    groupby, source = str(params["groupby"]), str(params["source"])
-    use_rep, layer = str(params["use_rep"]) or None, str(params["layer"]) or None
-    split_by = str(params["split_by"]) or None
-    model_name = str(params["model"])
-    split_column = split_key(key)
     resolve_device(device)
     if isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer)) or max_cells < 2:
         raise ValueError(f"max_cells must be an int >= 2, got {max_cells!r}.")
     if holdout is not None:
-        if bool(params.get("conditional", False)):
-            raise ValueError(
-                "evaluate(holdout=...) refits unconditional maps; for a conditional map, leave "
-                "the group out of fit_transport (covariates keep it as a context) and predict it "
-                "from its control cells with predict(), as benchmarks/conditional.py does."
-            )
-        if not isinstance(holdout, str):
-            raise TypeError(f"holdout must be the name of an obs column (a str), got {holdout!r}.")
+        _check_holdout(params, holdout)
         targets = sorted({str(entry["target"]) for entry in maps.values()})
         table = evaluate_holdout(adata, stored, holdout, targets, _score, max_cells, seed, device)
-        adata.uns[key]["evaluation_holdout"] = table
+        adata.uns[key][EVALUATION_HOLDOUT] = table
         return table
-    for column in (groupby, split_column, split_by):
-        if column and column not in adata.obs:
-            raise KeyError(
-                f"obs[{column!r}] is missing; evaluate needs the AnnData the maps were fitted on "
-                "(with the columns fit_transport used and wrote)."
-            )
-    if by is not None and by not in adata.obs:
-        raise KeyError(f"by={by!r} is not a column of adata.obs; available: {list(adata.obs.columns)}.")
-    labels = adata.obs[groupby].astype(str).to_numpy()
-    held = (adata.obs[split_column].astype(str) == "held_out").to_numpy()
-    train = (adata.obs[split_column].astype(str) == "train").to_numpy()
-    strata = cell_strata(adata, params)
-    by_values = adata.obs[by].astype(str).to_numpy() if by else None
-    rng = np.random.default_rng(seed)
-    genes = _gene_space_of(adata, stored, scvi_model) if gene_space_metrics else None
-
-    records = []
+    cells = _HeldOutCells.of(adata, params, split_key(key), by)
+    run = _Evaluation(
+        adata=adata, params=params, device=device, max_cells=max_cells,
+        rng=np.random.default_rng(seed), genes=_gene_space_of(adata, stored, scvi_model) if gene_space_metrics else None,
+    )
+    records: list[dict[str, Any]] = []
     too_few: list[str] = []
     for mid, entry in maps.items():
         label, stratum = str(entry["target"]), str(entry["stratum"])
-        # A conditional map's stratum may end in "|dose=<d>": its context is the part before.
-        in_stratum = strata == stratum.split("|dose=")[0]
-        rows = {
-            (side, part): np.flatnonzero(in_stratum & (labels == name) & mask)
-            for side, name in (("source", source), ("target", label))
-            for part, mask in (("held", held), ("train", train))
-        }
+        rows = cells.rows(label, stratum)
         if len(rows[("source", "held")]) < 2 or len(rows[("target", "held")]) < 2:
-            too_few.append(f"{label!r}" + (f" ({split_by}={stratum!r})" if stratum else ""))
+            too_few.append(f"{label!r}" + (f" ({params.split_by}={stratum!r})" if stratum else ""))
             continue
-        read = {k: inputs.read_rows(adata, r, use_rep, layer) for k, r in rows.items()}
-        tmap = decode_map(entry, device=device, name=mid)
+        records += run.score_map(mid, entry, rows, cells.by_values)
+    if too_few:
+        _warn_too_few(too_few, len(maps))
+    table = _sorted_table(records, params.model)
+    adata.uns[key][EVALUATION] = table
+    return table
+
+
+def _check_holdout(params: FitParams, holdout: Any) -> None:
+    if params.conditional:
+        raise ValueError(
+            "evaluate(holdout=...) refits unconditional maps; for a conditional map, leave "
+            "the group out of fit_transport (covariates keep it as a context) and predict it "
+            "from its control cells with predict(), as benchmarks/conditional.py does."
+        )
+    if not isinstance(holdout, str):
+        raise TypeError(f"holdout must be the name of an obs column (a str), got {holdout!r}.")
+
+
+@dataclass
+class _HeldOutCells:
+    """The fitted AnnData's labels, split and strata: which cells each map is scored on."""
+
+    labels: np.ndarray
+    held: np.ndarray
+    train: np.ndarray
+    strata: np.ndarray
+    source: str
+    by_values: np.ndarray | None
+
+    @classmethod
+    def of(cls, adata: AnnData, params: FitParams, split_column: str,
+           by: str | None) -> _HeldOutCells:
+        for column in (params.groupby, split_column, params.split_by):
+            if column and column not in adata.obs:
+                raise KeyError(
+                    f"obs[{column!r}] is missing; evaluate needs the AnnData the maps were fitted "
+                    "on (with the columns fit_transport used and wrote)."
+                )
+        if by is not None and by not in adata.obs:
+            raise KeyError(
+                f"by={by!r} is not a column of adata.obs; available: {list(adata.obs.columns)}."
+            )
+        split = adata.obs[split_column].astype(str)
+        return cls(
+            labels=adata.obs[params.groupby].astype(str).to_numpy(),
+            held=(split == HELD_OUT).to_numpy(),
+            train=(split == TRAIN).to_numpy(),
+            strata=cell_strata(adata, params.strata_columns),
+            source=params.source,
+            by_values=adata.obs[by].astype(str).to_numpy() if by else None,
+        )
+
+    def rows(self, label: str, stratum: str) -> dict[tuple[str, str], np.ndarray]:
+        """Rows of the (source | target, held | train) cells of one map."""
+        # A conditional map's stratum may end in "|dose=<d>": its context is the part before.
+        in_stratum = self.strata == stratum.split("|dose=")[0]
+        return {
+            (side, part): np.flatnonzero(in_stratum & (self.labels == name) & mask)
+            for side, name in (("source", self.source), ("target", label))
+            for part, mask in (("held", self.held), ("train", self.train))
+        }
+
+
+@dataclass
+class _Evaluation:
+    """Scores stored maps against held-out cells (one :meth:`score_map` call per map)."""
+
+    adata: AnnData
+    params: FitParams
+    device: str
+    max_cells: int
+    rng: np.random.Generator
+    genes: _PcaGenes | _ScviGenes | None
+
+    def score_map(self, mid: str, entry: dict[str, Any], rows: dict,
+                  by_values: np.ndarray | None) -> list[dict[str, Any]]:
+        """Rows of the table for one stored map: every comparison group, space and method."""
+        p = self.params
+        read = {k: inputs.read_rows(self.adata, r, p.use_rep, p.layer) for k, r in rows.items()}
+        tmap = decode_map(entry, device=self.device, name=mid)
         control = read[("source", "held")]
-        units = query_groups(adata, params, rows[("source", "held")])
+        units = query_groups(self.adata, p, rows[("source", "held")])
         predictions = {
-            model_name: tmap.transport(control, groups=units),
+            p.model: tmap.transport(control, groups=units),
             **baseline_predictions(read[("source", "train")], read[("target", "train")], control),
         }
-        groups = {"all": (np.ones(len(control), bool), np.ones(len(rows[("target", "held")]), bool),
-                          np.ones(len(rows[("target", "train")]), bool))}
-        if by_values is not None:
-            for value in np.unique(by_values[rows[("target", "held")]]):
-                groups[value] = (by_values[rows[("source", "held")]] == value,
-                                 by_values[rows[("target", "held")]] == value,
-                                 by_values[rows[("target", "train")]] == value)
-        for group, (source_mask, target_mask, reference_mask) in groups.items():
-            if source_mask.sum() < 2 or target_mask.sum() < 2:
+        records = []
+        for group, masks in _comparison_groups(rows, by_values).items():
+            if masks[0].sum() < 2 or masks[1].sum() < 2:
                 continue
-            pick_source = subsample(np.flatnonzero(source_mask), max_cells, rng)
-            pick_target = subsample(np.flatnonzero(target_mask), max_cells, rng)
-            pick_reference = subsample(np.flatnonzero(reference_mask), max_cells, rng)
-            observed = read[("target", "held")][pick_target]
-            spaces = {"rep": (observed, control[pick_source],
-                              {m: p[pick_source] for m, p in predictions.items()},
-                              read[("target", "train")][pick_reference])}
-            if genes is not None:
-                control_rows = rows[("source", "held")][pick_source]
-                reference_rows = rows[("target", "train")][pick_reference]
-                # The floor goes through the same decoding (PCA reconstruction or scVI decoder)
-                # as the predictions, each cell with its own library size.
-                spaces["gene"] = (
-                    genes.observed(rows[("target", "held")][pick_target]),
-                    genes.predicted(control[pick_source], control_rows),
-                    {m: genes.predicted(p[pick_source], control_rows)
-                     for m, p in predictions.items()},
-                    genes.predicted(read[("target", "train")][pick_reference], reference_rows),
-                )
-                measured_control = genes.observed(control_rows)
-                observed_de = metrics.differential_expression(spaces["gene"][0], measured_control)
-            for space, (observed_values, control_values, predicted, reference) in spaces.items():
-                base = {"target": label, "stratum": stratum, "group": group, "space": space}
-                for method, values in [*predicted.items(), ("observed", reference)]:
-                    if len(values) < 2:
-                        continue
-                    gene_scores = {} if space == "rep" else metrics.gene_space_scores(
-                        values, observed_values, measured_control, control_pred=control_values,
-                        obs_de=observed_de)
-                    records.append({**base, "method": method, "n_predicted": len(values),
-                                    "n_observed": len(observed_values),
-                                    **_score(values, observed_values, control_values),
-                                    **gene_scores})
-    if too_few:
-        message = (
-            f"{len(too_few)} of {len(maps)} map(s) have fewer than 2 held-out cells on a side: "
-            f"{', '.join(too_few[:10])}{' ...' if len(too_few) > 10 else ''}"
-        )
-        if len(too_few) == len(maps):
-            raise ValueError(
-                f"Nothing to evaluate: {message}. fit_transport uses every cell by default; refit "
-                "with validation_fraction=0.2 to hold cells out for evaluate, or evaluate "
-                "generalisation to new groups with evaluate(adata, holdout='patient_id')."
+            picks = [subsample(np.flatnonzero(mask), self.max_cells, self.rng) for mask in masks]
+            base = {"target": str(entry["target"]), "stratum": str(entry["stratum"]),
+                    "group": group}
+            for space, compared in self._spaces(rows, read, predictions, *picks).items():
+                records += _score_space(compared, {**base, "space": space})
+        return records
+
+    def _spaces(self, rows: dict, read: dict, predictions: dict[str, np.ndarray],
+                pick_source: np.ndarray, pick_target: np.ndarray,
+                pick_reference: np.ndarray) -> dict[str, tuple]:
+        """Per space: (observed, control, predictions, observed floor[, measured control, DE])."""
+        control = read[("source", "held")]
+        spaces = {"rep": (read[("target", "held")][pick_target], control[pick_source],
+                          {m: p[pick_source] for m, p in predictions.items()},
+                          read[("target", "train")][pick_reference])}
+        genes = self.genes
+        if genes is not None:
+            control_rows = rows[("source", "held")][pick_source]
+            reference_rows = rows[("target", "train")][pick_reference]
+            observed = genes.observed(rows[("target", "held")][pick_target])
+            # The floor goes through the same decoding (PCA reconstruction or scVI decoder)
+            # as the predictions, each cell with its own library size.
+            spaces["gene"] = (
+                observed,
+                genes.predicted(control[pick_source], control_rows),
+                {m: genes.predicted(p[pick_source], control_rows) for m, p in predictions.items()},
+                genes.predicted(read[("target", "train")][pick_reference], reference_rows),
             )
-        warnings.warn(
-            f"Not evaluated: {message}. Refit with a larger validation_fraction to include them.",
-            UserWarning,
-            stacklevel=2,
+            measured_control = genes.observed(control_rows)
+            spaces["gene"] += (measured_control,
+                               metrics.differential_expression(observed, measured_control))
+        return spaces
+
+
+def _comparison_groups(rows: dict, by_values: np.ndarray | None) -> dict[str, tuple]:
+    """Masks of (held-out control, held-out target, training target) cells per ``by`` group."""
+    groups = {"all": (np.ones(len(rows[("source", "held")]), bool),
+                      np.ones(len(rows[("target", "held")]), bool),
+                      np.ones(len(rows[("target", "train")]), bool))}
+    if by_values is not None:
+        for value in np.unique(by_values[rows[("target", "held")]]):
+            groups[value] = (by_values[rows[("source", "held")]] == value,
+                             by_values[rows[("target", "held")]] == value,
+                             by_values[rows[("target", "train")]] == value)
+    return groups
+
+
+def _score_space(compared: tuple, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per method (and the observed floor) in one space."""
+    observed, control, predicted, reference, *gene_context = compared
+    records = []
+    for method, values in [*predicted.items(), ("observed", reference)]:
+        if len(values) < 2:
+            continue
+        gene_scores = {}
+        if gene_context:
+            measured_control, observed_de = gene_context
+            gene_scores = metrics.gene_space_scores(
+                values, observed, measured_control, control_pred=control, obs_de=observed_de)
+        records.append({**base, "method": method, "n_predicted": len(values),
+                        "n_observed": len(observed), **_score(values, observed, control),
+                        **gene_scores})
+    return records
+
+
+def _warn_too_few(too_few: list[str], n_maps: int) -> None:
+    """Maps without 2 held-out cells on a side: a warning, or an error when no map is left."""
+    message = (
+        f"{len(too_few)} of {n_maps} map(s) have fewer than 2 held-out cells on a side: "
+        f"{', '.join(too_few[:10])}{' ...' if len(too_few) > 10 else ''}"
+    )
+    if len(too_few) == n_maps:
+        raise ValueError(
+            f"Nothing to evaluate: {message}. fit_transport uses every cell by default; refit "
+            "with holdout_fraction=0.2 to hold cells out for evaluate, or evaluate "
+            "generalisation to new groups with evaluate(adata, holdout='patient_id')."
         )
+    warnings.warn(
+        f"Not evaluated: {message}. Refit with a larger holdout_fraction to include them.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _sorted_table(records: list[dict[str, Any]], model_name: str) -> pd.DataFrame:
     columns = ["target", "stratum", "group", "space", "method", "n_predicted", "n_observed",
                *METRICS, *GENE_METRICS]
     table = pd.DataFrame.from_records(records, columns=columns)
     order = {name: i for i, name in enumerate([model_name, *BASELINES, "observed"])}
-    table = table.sort_values(
+    return table.sort_values(
         ["target", "stratum", "group", "space", "method"],
         key=lambda column: column.map(order) if column.name == "method" else column,
     ).reset_index(drop=True)
-    adata.uns[key]["evaluation"] = table
-    return table

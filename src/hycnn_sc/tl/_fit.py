@@ -3,60 +3,63 @@
 from __future__ import annotations
 
 import difflib
-import json
+import inspect
 import warnings
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._docs import EXAMPLE_FITTED, doc_params
+from .._validation import check_seed
+from ..models._estimator import RENAMED_PARAMS
 from ..models.conditional_transport import ConditionalTransportMap
 from ..models.transport import MIN_GROUP_POINTS, TransportMap
 from . import _conditional as conditional_fits
 from . import _inputs as inputs
 from ._schema import (
-    SCHEMA_VERSION,
+    HELD_OUT,
+    TRAIN,
+    FitParams,
     cell_strata,
-    encode_conditional,
     encode_map,
+    fitted_uns,
     map_id,
     obsm_key,
     split_key,
 )
 
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for package in ("hycnn-sc", "torch", "numpy", "anndata", "scanpy"):
-        try:
-            found[package.replace("-", "_")] = version(package)
-        except PackageNotFoundError:
-            found[package.replace("-", "_")] = "not installed"
-    return found
+#: The potential networks of :func:`fit_transport` (``model=``).
+ModelName = Literal["hycnn", "icnn"]
 
 
 def _model_params(model: str, seed: int, model_kwargs: dict[str, Any],
                   estimator: type = TransportMap) -> dict[str, Any]:
-    """The full, validated estimator arguments (raises before anything is read or trained)."""
+    """The full, validated estimator arguments (raises before anything is read or trained).
+
+    Renamed estimator keywords (``validation_every``) pass through with the estimator's
+    ``FutureWarning`` and are returned under their new names.
+    """
     params = dict(model_kwargs)
-    own = ("model", "seed", "validation_fraction", "combination_sep")
-    valid = [p for p in estimator._param_names() if p not in own]
-    valid.append("selection_fraction")
+    own = ("model", "seed", "combination_sep", *RENAMED_PARAMS)
+    signature = list(inspect.signature(estimator.__init__).parameters)[1:]  # without self
+    valid = [p for p in signature if p not in own]
     if "model_kwargs" in params:
         raise TypeError(
             "Pass model arguments as keywords of fit_transport, e.g. fit_transport(adata, ..., "
-            "n_iters=500, hidden=(32, 32)), not as model_kwargs={...}; validation_fraction is "
+            "n_iters=500, hidden=(32, 32)), not as model_kwargs={...}; holdout_fraction is "
             "fit_transport's own argument (cells held out for evaluate) and the map's internal "
             f"best-iterate split is selection_fraction. Valid model arguments: {valid}."
         )
     if "validation_fraction" in params:  # only reachable through a direct call
         raise TypeError(
-            "validation_fraction is fit_transport's own argument (cells held out for evaluate); "
-            "the map's internal best-iterate split is set with selection_fraction=..."
+            "validation_fraction is the former name of fit_transport's holdout_fraction (cells "
+            "held out for evaluate); the map's internal best-iterate split is set with "
+            "selection_fraction=..."
         )
-    unknown = [name for name in params if name not in valid]
+    unknown = [name for name in params if name not in valid and name not in RENAMED_PARAMS]
     if unknown:
         hints = [
             f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, valid, 1))
@@ -72,11 +75,11 @@ def _model_params(model: str, seed: int, model_kwargs: dict[str, Any],
             params["selection_fraction"], "selection_fraction",
             " It is the share of each training group the map holds out to pick its best iterate.",
         )
-        params["validation_fraction"] = params.pop("selection_fraction")
     params.update(model=model, seed=seed)
     template = estimator(**params)
     template._validate_params()
-    return template.get_params()
+    resolved = template._resolved_params()
+    return {name: resolved[name] for name in signature if name in resolved}  # signature order
 
 
 def _pca_projection(adata: AnnData, use_rep: str | None) -> dict[str, np.ndarray]:
@@ -112,7 +115,7 @@ def _pca_projection(adata: AnnData, use_rep: str | None) -> dict[str, np.ndarray
         warnings.warn(
             f"{reason}; predictions will be stored in PCA space only, not in gene space.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return {}
     return {"pca_components": components, "pca_mean": mean}
@@ -170,7 +173,7 @@ def _transport_source_cells(tmap: TransportMap, values: np.ndarray, units: np.nd
                 f"group(s) {small[:10]} of obs[{groups!r}] have fewer than {MIN_GROUP_POINTS} "
                 "source cells and no target cells: their predictions are left NaN.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
     if movable.any():
         out[movable] = tmap.transport(values[movable],
@@ -178,6 +181,7 @@ def _transport_source_cells(tmap: TransportMap, values: np.ndarray, units: np.nd
     return out
 
 
+@doc_params(example_fitted=EXAMPLE_FITTED)
 def fit_transport(
     adata: AnnData,
     *,
@@ -188,8 +192,8 @@ def fit_transport(
     layer: str | None = None,
     split_by: str | None = None,
     groups: str | None = None,
-    model: str = "hycnn",
-    validation_fraction: float = 0.0,
+    model: ModelName = "hycnn",
+    holdout_fraction: float = 0.0,
     conditional: bool = False,
     covariates: str | list[str] | None = None,
     combination_sep: str = "+",
@@ -207,7 +211,7 @@ def fit_transport(
     HyCNN residual, and both are chosen on cells held out inside the fit: with little data
     or a linear response the map is (close to) the linear map, with a nonlinear response it
     departs from it (see :class:`~hycnn_sc.models.TransportMap`). All cells are used by
-    default; pass ``validation_fraction`` to hold cells out for :func:`~hycnn_sc.tl.evaluate`,
+    default; pass ``holdout_fraction`` to hold cells out for :func:`~hycnn_sc.tl.evaluate`,
     or use ``evaluate(..., holdout=...)`` to measure generalisation to new patients.
 
     Every input is checked before anything is trained, and ``adata`` is only written once
@@ -252,10 +256,11 @@ def fit_transport(
         two such groups per map. ``None``: cells are held out at random.
     model
         ``"hycnn"`` or ``"icnn"``.
-    validation_fraction
+    holdout_fraction
         Fraction of every (label, stratum) group's cells held out of training and marked in
         ``obs`` for :func:`evaluate`. ``0`` (default): the maps use every cell (their own
-        selection split is ``selection_fraction`` of the training cells).
+        selection split is ``selection_fraction`` of the training cells). Formerly
+        ``validation_fraction``, still accepted for one release with a ``FutureWarning``.
     conditional
         Fit one :class:`~hycnn_sc.models.ConditionalTransportMap` for every target (and
         covariate value, and dose) present instead of one map per target: a single network
@@ -326,17 +331,74 @@ def fit_transport(
 
     Examples
     --------
-    >>> import scanpy as sc
-    >>> import hycnn_sc as hs
-    >>> adata = hs.datasets.kang_ifnb1k()
-    >>> sc.pp.normalize_total(adata)
-    >>> sc.pp.log1p(adata)
-    >>> sc.pp.pca(adata, n_comps=20)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
-    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
+    {example_fitted}
     >>> adata.obsm["hycnn_stimulated"].shape
     (832, 20)
     """
+    holdout_fraction = _renamed_holdout(holdout_fraction, model_kwargs)
+    _check_destination(adata, key_added, copy)
+    labels = inputs.group_labels(adata, groupby, "groupby")
+    targets = inputs.resolve_targets(labels, groupby, source, target)
+    if split_by is not None and split_by == groupby:
+        raise ValueError(
+            f"split_by={split_by!r} equals groupby: every stratum would hold one label. Pass "
+            "another obs column (e.g. 'cell_type') or split_by=None."
+        )
+    strata = inputs.group_labels(adata, split_by, "split_by") if split_by is not None else None
+    unit_labels = _check_groups(adata, groups, groupby, split_by)
+    inputs.check_fraction(
+        holdout_fraction, "holdout_fraction",
+        " It is the share of every group held out of training for evaluate; 0 trains on all cells.",
+    )
+    seed = check_seed(seed)
+    covariate_columns = conditional_fits.check_conditional_args(
+        adata, conditional=conditional, covariates=covariates, combination_sep=combination_sep,
+        dose_key=dose_key, split_by=split_by, groups=groups, groupby=groupby)
+    matrix = inputs.get_matrix(adata, use_rep, layer)
+    if matrix.shape[0] != adata.n_obs:
+        raise ValueError(f"The representation has {matrix.shape[0]} rows for {adata.n_obs} cells.")
+    estimator = ConditionalTransportMap if conditional else TransportMap
+    model_params = _model_params(model, seed, model_kwargs, estimator)
+    if conditional:
+        model_params["combination_sep"] = combination_sep
+    _check_obsm_keys(key_added, targets)
+    params = FitParams(
+        groupby=groupby, source=str(source), targets=targets, use_rep=use_rep, layer=layer,
+        model=model, split_by=split_by, groups=groups, holdout_fraction=holdout_fraction,
+        seed=seed, model_params=model_params, conditional=conditional,
+        covariates=covariate_columns, combination_sep=combination_sep, dose_key=dose_key,
+    )
+    if conditional:
+        stored, split, predictions = _fit_conditional(adata, labels.to_numpy(), params)
+    else:
+        stratum_values = strata.to_numpy() if strata is not None else np.full(adata.n_obs, "")
+        stored, split, predictions = _fit_maps(adata, labels.to_numpy(), stratum_values,
+                                               unit_labels, params)
+    obsm = {obsm_key(key_added, label): block for label, block in predictions.items()}
+    return _store(adata, key_added, stored, split, obsm, copy)
+
+
+def _renamed_holdout(holdout_fraction: float, model_kwargs: dict[str, Any]) -> float:
+    """``holdout_fraction``, or the value passed under its former name ``validation_fraction``."""
+    if "validation_fraction" not in model_kwargs:
+        return holdout_fraction
+    value = model_kwargs.pop("validation_fraction")
+    if holdout_fraction != 0.0:
+        raise TypeError(
+            "Pass holdout_fraction only: validation_fraction is its former name (deprecated)."
+        )
+    warnings.warn(
+        "fit_transport(validation_fraction=...) is deprecated and will be removed in the next "
+        f"release: pass holdout_fraction={value!r} (the cells held out for evaluate). The map's "
+        "own best-iterate split is selection_fraction.",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return value
+
+
+def _check_destination(adata: AnnData, key_added: str, copy: bool) -> None:
+    """``adata``, ``key_added`` and ``copy`` allow writing the results (checked first)."""
     inputs.check_adata(adata)
     if not isinstance(key_added, str) or not key_added or "/" in key_added:
         raise ValueError(f"key_added must be a non-empty string without '/', got {key_added!r}.")
@@ -349,56 +411,29 @@ def fit_transport(
             "the backed object itself (results are added in memory; the file on disk is not "
             "changed), or load it first: adata = adata.to_memory()."
         )
-    labels = inputs.group_labels(adata, groupby, "groupby")
-    targets = inputs.resolve_targets(labels, groupby, source, target)
-    source = str(source)
-    if split_by is not None and split_by == groupby:
-        raise ValueError(
-            f"split_by={split_by!r} equals groupby: every stratum would hold one label. Pass "
-            "another obs column (e.g. 'cell_type') or split_by=None."
-        )
-    strata = inputs.group_labels(adata, split_by, "split_by") if split_by is not None else None
-    unit_labels = _check_groups(adata, groups, groupby, split_by)
-    inputs.check_fraction(
-        validation_fraction, "validation_fraction",
-        " It is the share of every group held out of training for evaluate; 0 trains on all cells.",
-    )
-    seed = inputs.check_seed(seed)
-    covariate_columns = conditional_fits.check_conditional_args(
-        adata, conditional=conditional, covariates=covariates, combination_sep=combination_sep,
-        dose_key=dose_key, split_by=split_by, groups=groups, groupby=groupby)
-    matrix = inputs.get_matrix(adata, use_rep, layer)
-    if matrix.shape[0] != adata.n_obs:
-        raise ValueError(f"The representation has {matrix.shape[0]} rows for {adata.n_obs} cells.")
-    if conditional:
-        params = _model_params(model, seed, model_kwargs, ConditionalTransportMap)
-        params["combination_sep"] = combination_sep
-    else:
-        params = _model_params(model, seed, model_kwargs)
+
+
+def _check_obsm_keys(key_added: str, targets: list[str]) -> None:
     keys = {label: obsm_key(key_added, label) for label in targets}
     if len(set(keys.values())) < len(keys):
         raise ValueError(
             f"Targets {targets} give clashing obsm keys once '/' is replaced by '_' "
             f"({sorted(keys.values())}); rename the labels."
         )
-    if conditional:
-        stored, split, predictions = _fit_conditional(
-            adata, labels.to_numpy(), groupby, source, targets, covariate_columns, dose_key,
-            use_rep, layer, validation_fraction, seed, params)
-        stored["params"].update(groupby=groupby, model=model)
-        return _store(adata, key_added, stored, split,
-                      {keys[label]: block for label, block in predictions.items()}, copy)
 
-    # Which cells form each (label, stratum) group, and which pairs get a map.
-    label_values = labels.to_numpy()
-    stratum_values = strata.to_numpy() if strata is not None else np.full(adata.n_obs, "")
+
+def _pair_groups(label_values: np.ndarray, stratum_values: np.ndarray,
+                 params: FitParams) -> tuple[dict[tuple[str, str], np.ndarray], list, list[str]]:
+    """Which cells form each (label, stratum) group, which (target, stratum) pairs get a map,
+    and the pairs skipped for lack of source or target cells."""
+    source, split_by = params.source, params.split_by
     cell_groups: dict[tuple[str, str], np.ndarray] = {}
     pairs: list[tuple[str, str]] = []
     skipped: list[str] = []
     for stratum in pd.unique(stratum_values):
         in_stratum = stratum_values == stratum
         source_rows = np.flatnonzero(in_stratum & (label_values == source))
-        for label in targets:
+        for label in params.targets:
             target_rows = np.flatnonzero(in_stratum & (label_values == label))
             if len(target_rows) == 0 or len(source_rows) == 0:
                 skipped.append(f"{label!r} in {split_by}={stratum!r}")
@@ -410,34 +445,38 @@ def fit_transport(
         raise ValueError(
             f"No stratum of obs[{split_by!r}] holds both source and target cells; nothing to fit."
         )
-    inputs.check_group_sizes({key: len(rows) for key, rows in cell_groups.items()}, groupby, split_by)
+    inputs.check_group_sizes({key: len(rows) for key, rows in cell_groups.items()},
+                             params.groupby, split_by)
+    return cell_groups, pairs, skipped
 
-    held_out = inputs.split_cells(cell_groups, validation_fraction, seed)
+
+def _fit_maps(adata: AnnData, label_values: np.ndarray, stratum_values: np.ndarray,
+              unit_labels: np.ndarray | None, params: FitParams):
+    """Fit one :class:`TransportMap` per (target, stratum): the ``uns`` entry, the split column
+    and the predictions per target."""
+    source = params.source
+    cell_groups, pairs, skipped = _pair_groups(label_values, stratum_values, params)
+    held_out = inputs.split_cells(cell_groups, params.holdout_fraction, params.seed)
     if unit_labels is not None:
-        _check_enough_units(unit_labels, cell_groups, held_out, pairs, source, groups)
-    position, values = _read_groups(adata, cell_groups, use_rep, layer)
-
-    train_arrays: dict[tuple[str, str], np.ndarray] = {
-        key: values[position[rows[~held_out[key]]]] for key, rows in cell_groups.items()
-    }
-    projection = _pca_projection(adata, use_rep)
+        _check_enough_units(unit_labels, cell_groups, held_out, pairs, source, params.groups)
+    position, values = _read_groups(adata, cell_groups, params.use_rep, params.layer)
+    projection = _pca_projection(adata, params.use_rep)
     if skipped:
         warnings.warn(
             f"Skipped {len(skipped)} target/stratum pair(s) without source or target cells: "
             f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    sources = [train_arrays[(source, stratum)] for _, stratum in pairs]
-    targets_train = [train_arrays[(label, stratum)] for label, stratum in pairs]
+    # One array per group: the maps of a stratum share its source cells (one object).
+    train = {key: values[position[rows[~held_out[key]]]] for key, rows in cell_groups.items()}
     unit_kwargs = {}
     if unit_labels is not None:
-        train_units = {key: unit_labels[rows[~held_out[key]]] for key, rows in cell_groups.items()}
-        unit_kwargs = {
-            "source_groups": [train_units[(source, stratum)] for _, stratum in pairs],
-            "target_groups": [train_units[(label, stratum)] for label, stratum in pairs],
-        }
-    maps = TransportMap.fit_many(sources, targets_train, **unit_kwargs, **params)
+        units = {key: unit_labels[rows[~held_out[key]]] for key, rows in cell_groups.items()}
+        unit_kwargs = {"source_groups": [units[(source, stratum)] for _, stratum in pairs],
+                       "target_groups": [units[pair] for pair in pairs]}
+    maps = TransportMap.fit_many([train[(source, stratum)] for _, stratum in pairs],
+                                 [train[pair] for pair in pairs], **unit_kwargs, **params.model_params)
 
     # Everything is computed; only now is the AnnData touched (all or nothing).
     predictions: dict[str, np.ndarray] = {}
@@ -449,20 +488,17 @@ def fit_transport(
         )
         block[source_rows] = _transport_source_cells(
             tmap, values[position[source_rows]],
-            None if unit_labels is None else unit_labels[source_rows], groups, label,
+            None if unit_labels is None else unit_labels[source_rows], params.groups, label,
         )
         entries[map_id(label, stratum or None)] = encode_map(tmap, label, stratum or None)
-
-    split = _split_column(adata, cell_groups, held_out)
-    fitted_strata = list(dict.fromkeys(stratum for _, stratum in pairs))
+    fitted_strata = dict.fromkeys(stratum for _, stratum in pairs)
     source_values = values[position[np.concatenate([cell_groups[(source, s)] for s in fitted_strata])]]
-    stored = _stored(adata, source, list(predictions), use_rep, layer, validation_fraction, seed,
-                     params, source_values, projection, entries)
-    stored["params"].update(groupby=groupby, model=model,
-                            split_by=split_by if split_by is not None else "",
-                            groups=groups if groups is not None else "")
-    return _store(adata, key_added, stored, split,
-                  {keys[label]: block for label, block in predictions.items()}, copy)
+    stored = fitted_uns(
+        replace(params, targets=list(predictions), n_features=source_values.shape[1]),
+        var_names=adata.var_names, source_values=source_values, projection=projection,
+        maps=entries,
+    )
+    return stored, _split_column(adata, cell_groups, held_out), predictions
 
 
 def _read_groups(adata: AnnData, cell_groups: dict, use_rep: str | None,
@@ -482,62 +518,30 @@ def _read_groups(adata: AnnData, cell_groups: dict, use_rep: str | None,
 def _split_column(adata: AnnData, cell_groups: dict, held_out: dict) -> np.ndarray:
     split = np.full(adata.n_obs, None, dtype=object)
     for key, rows in cell_groups.items():
-        split[rows] = np.where(held_out[key], "held_out", "train")
+        split[rows] = np.where(held_out[key], HELD_OUT, TRAIN)
     return split
 
 
-def _stored(adata: AnnData, source: str, fitted_targets: list[str], use_rep, layer,
-            validation_fraction: float, seed: int, params: dict[str, Any],
-            source_values: np.ndarray, projection: dict, entries: dict) -> dict[str, Any]:
-    """``uns[key_added]`` (see :mod:`hycnn_sc.tl._schema`); callers add their own params."""
-    return {
-        "params": {
-            "source": source,
-            "targets": np.asarray(fitted_targets, dtype=object),
-            "use_rep": use_rep if use_rep is not None else "",
-            "layer": layer if layer is not None else "",
-            "split_by": "",
-            "groups": "",
-            "validation_fraction": float(validation_fraction),
-            "seed": seed,
-            "n_features": int(source_values.shape[1]),
-            "schema_version": SCHEMA_VERSION,
-            "versions": _versions(),
-            "model_params_json": json.dumps(
-                {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
-            ),
-        },
-        "var_names": np.asarray(adata.var_names, dtype=object),
-        "representation": {
-            "source_mean": source_values.mean(axis=0),
-            "source_std": source_values.std(axis=0),
-            **projection,
-        },
-        "maps": entries,
-    }
-
-
-def _fit_conditional(adata: AnnData, labels: np.ndarray, groupby: str, source: str,
-                     targets: list[str],
-                     covariates: list[str], dose_key: str | None, use_rep, layer,
-                     validation_fraction: float, seed: int, params: dict[str, Any]):
+def _fit_conditional(adata: AnnData, labels: np.ndarray, params: FitParams):
     """Fit one conditional map for every (target, covariate values[, dose]) present."""
-    contexts = cell_strata(adata, {"covariates": covariates})
+    covariates, dose_key, source = params.covariates, params.dose_key, params.source
+    contexts = cell_strata(adata, covariates)
     doses = None if dose_key is None else conditional_fits.dose_values(adata, dose_key)
-    cell_groups, pairs = conditional_fits.conditional_pairs(labels, contexts, doses, source, targets)
+    cell_groups, pairs = conditional_fits.conditional_pairs(labels, contexts, doses, source,
+                                                            params.targets)
     if not pairs:
         raise ValueError(
             f"No value of covariates {covariates} holds both source cells and target cells; "
             "nothing to fit."
         )
     inputs.check_group_sizes({key: len(rows) for key, rows in cell_groups.items()},
-                             groupby, "+".join(covariates) if covariates else None)
-    held_out = inputs.split_cells(cell_groups, validation_fraction, seed)
+                             params.groupby, "+".join(covariates) if covariates else None)
+    held_out = inputs.split_cells(cell_groups, params.holdout_fraction, params.seed)
     all_sources = np.flatnonzero(labels == source)
     position, values = _read_groups(adata, {**cell_groups, ("__all__", ""): all_sources},
-                                    use_rep, layer)
+                                    params.use_rep, params.layer)
     cmap = conditional_fits.fit_conditional(values, position, cell_groups, pairs, held_out,
-                                            covariates, source, params)
+                                            covariates, source, params.model_params)
     predictions = {}
     for label in dict.fromkeys(label for label, *_ in pairs):
         dose = max((d for lab, _, d, _ in pairs if lab == label), default=None) if doses is not None else None
@@ -547,13 +551,12 @@ def _fit_conditional(adata: AnnData, labels: np.ndarray, groupby: str, source: s
             label, dose, covariates)
         predictions[label] = block
     source_values = values[position[all_sources]]
-    stored = _stored(adata, source, list(predictions), use_rep, layer, validation_fraction, seed,
-                     params, source_values, _pca_projection(adata, use_rep),
-                     conditional_fits.map_entries(pairs, covariates))
-    stored["params"].update(conditional=True, covariates=np.asarray(covariates, dtype=object),
-                            combination_sep=params["combination_sep"],
-                            dose_key=dose_key if dose_key is not None else "")
-    stored["conditional"] = encode_conditional(cmap)
+    stored = fitted_uns(
+        replace(params, targets=list(predictions), n_features=source_values.shape[1]),
+        var_names=adata.var_names, source_values=source_values,
+        projection=_pca_projection(adata, params.use_rep),
+        maps=conditional_fits.map_entries(pairs, covariates), conditional=cmap,
+    )
     return stored, _split_column(adata, cell_groups, held_out), predictions
 
 
@@ -568,7 +571,7 @@ def _store(adata: AnnData, key_added: str, stored: dict[str, Any], split: np.nda
             "(as anndata does whenever a view is modified) and writes the results to it; the "
             "parent object is not changed. Pass adata[mask].copy() to avoid this warning.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         adata._init_as_actual(adata.copy())
     _write(adata, key_added, stored, split, obsm)
@@ -593,7 +596,7 @@ def _write(adata: AnnData, key_added: str, stored: dict[str, Any], split: np.nda
         for old in stale:
             del adata.obsm[old]
         adata.uns[key_added] = stored
-        adata.obs[split_column] = pd.Categorical(split, categories=["train", "held_out"])
+        adata.obs[split_column] = pd.Categorical(split, categories=[TRAIN, HELD_OUT])
         for name, block in obsm.items():
             adata.obsm[name] = block
     except BaseException:

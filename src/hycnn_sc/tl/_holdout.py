@@ -6,7 +6,7 @@ with the stored settings instead of scoring the stored maps.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from anndata import AnnData
 from ..models.gaussian import GaussianTransportMap
 from ..models.transport import GAUSSIAN_RIDGE, MIN_GROUP_POINTS, TransportMap
 from . import _inputs as inputs
+from ._schema import FitParams, fit_params
 
 #: Fewest cells of a held-out group per side for that fold to be scored.
 MIN_FOLD_CELLS = 4
@@ -37,11 +38,11 @@ def baseline_predictions(source_train: np.ndarray, target_train: np.ndarray,
     }
 
 
-def fold_plan(adata: AnnData, params: dict[str, Any], holdout: str,
+def fold_plan(adata: AnnData, params: FitParams, holdout: str,
               targets: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Labels, held-out-group labels and the folds (groups) to score; checks before any fit."""
-    groupby, source = str(params["groupby"]), str(params["source"])
-    if str(params.get("split_by", "")):
+    groupby, source = params.groupby, params.source
+    if params.split_by:
         raise ValueError(
             "evaluate(holdout=...) refits maps without split_by strata; refit with "
             "split_by=None (use groups= for patients or cell lines) to evaluate by holdout."
@@ -60,7 +61,7 @@ def fold_plan(adata: AnnData, params: dict[str, Any], holdout: str,
             "cells, so their response cannot be predicted from their own controls. Leave them "
             f"out first: adata = adata[~adata.obs[{holdout!r}].isin({without_source[:10]})].copy()."
         )
-    if str(params.get("groups", "")):
+    if params.groups:
         # Maps fitted with groups may predict a new group relative to its own control cells.
         counts = {u: int(((units == u) & (labels == source)).sum()) for u in set(units)}
         few = sorted(u for u, n in counts.items() if n < MIN_GROUP_POINTS)
@@ -87,32 +88,24 @@ def fold_plan(adata: AnnData, params: dict[str, Any], holdout: str,
 
 
 def evaluate_holdout(adata: AnnData, stored: dict[str, Any], holdout: str,
-                     targets: list[str], score, max_cells: int, seed: int,
+                     targets: list[str], score: Callable, max_cells: int, seed: int,
                      device: str) -> pd.DataFrame:
     """One row per (held-out group, target, method): the model refitted without that group.
 
     ``score(predicted, observed, control)`` returns the metrics of one method.
     """
-    params = stored["params"]
+    params = fit_params(stored)
     labels, units, folds = fold_plan(adata, params, holdout, targets)
-    source = str(params["source"])
-    use_rep, layer = str(params["use_rep"]) or None, str(params["layer"]) or None
-    fit_units_column = str(params.get("groups", "")) or None
-    fit_units = (inputs.group_labels(adata, fit_units_column, "groups").to_numpy()
-                 if fit_units_column else None)
-    model_params = json.loads(str(params["model_params_json"]))
-    model_params.update(device=device, progress=False)
-    for name in ("hidden", "betas"):
-        model_params[name] = tuple(model_params[name]) if model_params.get(name) else None
-    if model_params["betas"] is None:
-        model_params.pop("betas")
-    model_name = str(params["model"])
+    fit_units = (inputs.group_labels(adata, params.groups, "groups").to_numpy()
+                 if params.groups else None)
+    model_params = _refit_arguments(params, device)
     rng = np.random.default_rng(seed)
+    read = lambda rows: inputs.read_rows(adata, rows, params.use_rep, params.layer)  # noqa: E731
     records = []
     for fold in folds:
         in_fold = units == fold
-        train_source = np.flatnonzero(~in_fold & (labels == source))
-        held_source = np.flatnonzero(in_fold & (labels == source))
+        train_source = np.flatnonzero(~in_fold & (labels == params.source))
+        held_source = np.flatnonzero(in_fold & (labels == params.source))
         pairs = []
         for target in targets:
             train_target = np.flatnonzero(~in_fold & (labels == target))
@@ -121,7 +114,6 @@ def evaluate_holdout(adata: AnnData, stored: dict[str, Any], holdout: str,
                 pairs.append((target, train_target, held_target))
         if not pairs or len(train_source) < MIN_FOLD_CELLS:
             continue
-        read = lambda rows: inputs.read_rows(adata, rows, use_rep, layer)  # noqa: E731
         source_train, control = read(train_source), read(held_source)
         kwargs = {}
         if fit_units is not None:
@@ -130,25 +122,49 @@ def evaluate_holdout(adata: AnnData, stored: dict[str, Any], holdout: str,
         maps = TransportMap.fit_many([source_train] * len(pairs),
                                      [read(rows) for _, rows, _ in pairs], **kwargs, **model_params)
         for (target, train_target, held_target), tmap in zip(pairs, maps, strict=True):
-            target_train, observed = read(train_target), read(held_target)
             groups = None if fit_units is None else fit_units[held_source]
-            predictions = {model_name: tmap.transport(control, groups=groups),
-                           **baseline_predictions(source_train, target_train, control)}
-            pick_source = subsample(np.arange(len(control)), max_cells, rng)
-            pick_target = subsample(np.arange(len(observed)), max_cells, rng)
-            halves = rng.permutation(len(observed))
-            base = {"holdout": fold, "target": target, "n_observed": len(pick_target)}
-            choice = {"frame": tmap.frame_, "shrinkage": tmap.shrinkage_,
-                      "residual_weight": tmap.residual_weight_}
-            for method, values in predictions.items():
-                records.append({**base, "method": method, "n_predicted": len(pick_source),
-                                **score(values[pick_source], observed[pick_target],
-                                        control[pick_source]),
-                                **(choice if method == model_name else {})})
-            first, second = halves[: len(halves) // 2], halves[len(halves) // 2 :]
-            records.append({**base, "method": "observed", "n_predicted": len(first),
-                            "n_observed": len(second),
-                            **score(observed[first], observed[second], control[pick_source])})
+            predictions = {params.model: tmap.transport(control, groups=groups),
+                           **baseline_predictions(source_train, read(train_target), control)}
+            base = {"holdout": fold, "target": target}
+            records += _score_fold(predictions, read(held_target), control, base, tmap,
+                                   params.model, score, max_cells, rng)
+    return _sorted_table(records, params.model)
+
+
+def _refit_arguments(params: FitParams, device: str) -> dict[str, Any]:
+    """The stored estimator arguments, ready for ``TransportMap.fit_many`` on ``device``."""
+    model_params = dict(params.model_params)
+    model_params.update(device=device, progress=False)
+    for name in ("hidden", "betas"):  # JSON turned the tuples into lists
+        model_params[name] = tuple(model_params[name]) if model_params.get(name) else None
+    if model_params["betas"] is None:
+        model_params.pop("betas")
+    return model_params
+
+
+def _score_fold(predictions: dict[str, np.ndarray], observed: np.ndarray, control: np.ndarray,
+                base: dict[str, Any], tmap: TransportMap, model_name: str, score: Callable,
+                max_cells: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Records of one (fold, target): every method, and the floor of two observed halves."""
+    pick_source = subsample(np.arange(len(control)), max_cells, rng)
+    pick_target = subsample(np.arange(len(observed)), max_cells, rng)
+    halves = rng.permutation(len(observed))
+    base = {**base, "n_observed": len(pick_target)}
+    choice = {"frame": tmap.frame_, "shrinkage": tmap.shrinkage_,
+              "residual_weight": tmap.residual_weight_}
+    records = []
+    for method, values in predictions.items():
+        records.append({**base, "method": method, "n_predicted": len(pick_source),
+                        **score(values[pick_source], observed[pick_target], control[pick_source]),
+                        **(choice if method == model_name else {})})
+    first, second = halves[: len(halves) // 2], halves[len(halves) // 2 :]
+    records.append({**base, "method": "observed", "n_predicted": len(first),
+                    "n_observed": len(second),
+                    **score(observed[first], observed[second], control[pick_source])})
+    return records
+
+
+def _sorted_table(records: list[dict[str, Any]], model_name: str) -> pd.DataFrame:
     columns = ["holdout", "target", "method", "n_predicted", "n_observed", "mmd",
                "energy_distance", "r2_mean", "signature_l2", "frame", "shrinkage",
                "residual_weight"]

@@ -10,15 +10,22 @@ import pandas as pd
 from anndata import AnnData
 from anndata.utils import make_index_unique
 
-from ..models._utils import check_positive, resolve_device
+from .._docs import EXAMPLE_FITTED, doc_params
+from .._validation import check_positive
+from ..models._utils import resolve_device
 from ..models.transport import TransportMap
 from . import _inputs as inputs
 from ._conditional import predict_source_cells
 from ._schema import (
+    HELD_OUT,
+    PREDICTION_KEY,
+    SOURCE_COLUMN,
+    FitParams,
     cell_strata,
     decode_conditional,
     decode_map,
     find_maps,
+    fit_params,
     fitted_targets,
     read_fitted,
     split_key,
@@ -35,9 +42,9 @@ MIN_CELLS_SPREAD = 10
 DISTANCE_TOLERANCE = 10.0
 
 
-def _select_cells(query: AnnData, params: dict[str, Any], cells) -> np.ndarray:
+def _select_cells(query: AnnData, params: FitParams, key: str, cells) -> np.ndarray:
     """Row indices of the cells to map."""
-    groupby, source = str(params["groupby"]), str(params["source"])
+    groupby, source = params.groupby, params.source
     if cells is None:
         if groupby in query.obs:
             rows = np.flatnonzero(query.obs[groupby].astype(str).to_numpy() == source)
@@ -49,25 +56,11 @@ def _select_cells(query: AnnData, params: dict[str, Any], cells) -> np.ndarray:
             return rows
         return np.arange(query.n_obs)
     if isinstance(cells, str):
-        if cells != "held_out":
+        if cells != HELD_OUT:
             raise ValueError(
                 f"cells={cells!r}: pass None, 'held_out', a boolean mask, positions or obs names."
             )
-        split = query.obs.get(split_key(params["key"]))
-        if split is None:
-            raise KeyError(
-                f"cells='held_out' needs obs[{params['key'] + '_split'!r}], written by "
-                "fit_transport on the fitted AnnData (not available for new cells)."
-            )
-        mask = (split.astype(str) == "held_out").to_numpy()
-        if groupby in query.obs:
-            mask &= query.obs[groupby].astype(str).to_numpy() == source
-        if not mask.any():
-            raise ValueError(
-                "cells='held_out' selects no cells: the maps were fitted with "
-                "validation_fraction=0; refit with validation_fraction > 0 or pass cells=."
-            )
-        return np.flatnonzero(mask)
+        return _held_out_cells(query, params, key)
     if isinstance(cells, pd.Series):
         cells = cells.to_numpy()
     cells = np.asarray(cells)
@@ -90,22 +83,39 @@ def _select_cells(query: AnnData, params: dict[str, Any], cells) -> np.ndarray:
     return index
 
 
+def _held_out_cells(query: AnnData, params: FitParams, key: str) -> np.ndarray:
+    """Rows of the held-out source cells (``cells="held_out"``)."""
+    split = query.obs.get(split_key(key))
+    if split is None:
+        raise KeyError(
+            f"cells='held_out' needs obs[{split_key(key)!r}], written by "
+            "fit_transport on the fitted AnnData (not available for new cells)."
+        )
+    mask = (split.astype(str) == HELD_OUT).to_numpy()
+    if params.groupby in query.obs:
+        mask &= query.obs[params.groupby].astype(str).to_numpy() == params.source
+    if not mask.any():
+        raise ValueError(
+            "cells='held_out' selects no cells: the maps were fitted with "
+            "holdout_fraction=0; refit with holdout_fraction > 0 or pass cells=."
+        )
+    return np.flatnonzero(mask)
+
+
 def check_compatible(query: AnnData, stored: dict[str, Any], values: np.ndarray) -> None:
     """Refuse data whose representation, genes or preprocessing differ from the fitted data."""
-    params = stored["params"]
-    n_features = int(params["n_features"])
+    n_features = fit_params(stored).n_features
     if values.shape[1] != n_features:
         raise ValueError(
             f"The representation of the new cells has {values.shape[1]} features, the maps were "
             f"fitted on {n_features}; compute it the same way (e.g. the same PCA)."
         )
-    fitted_genes = np.asarray(stored["var_names"]).astype(str)
-    genes = np.asarray(query.var_names).astype(str)
-    if len(genes) != len(fitted_genes) or not np.array_equal(genes, fitted_genes):
-        shared = len(np.intersect1d(genes, fitted_genes))
+    fitted_genes = np.asarray(stored["var_names"])
+    shared = inputs.shared_genes(query.var_names, fitted_genes)
+    if shared is not None:
         raise ValueError(
             f"var_names differ from the data the maps were fitted on (the new cells have "
-            f"{len(genes)} genes, the fitted data {len(fitted_genes)}, {shared} shared, or the "
+            f"{query.n_vars} genes, the fitted data {len(fitted_genes)}, {shared} shared, or the "
             "order differs): the representation is not comparable. "
             "Subset and order the genes as at fit time (query[:, fitted_genes]) and recompute the "
             "representation with the fitted PCA."
@@ -151,14 +161,14 @@ def _resolve_target(stored: dict[str, Any], target: str | None) -> str:
     return known[0]
 
 
-def query_groups(query: AnnData, params: dict[str, Any], rows: np.ndarray) -> np.ndarray | None:
+def query_groups(query: AnnData, params: FitParams, rows: np.ndarray) -> np.ndarray | None:
     """``obs[groups]`` of the cells to map, for maps fitted with ``groups`` (else None).
 
     Maps that work relative to each group (``frame_="group"``) move the cells of a group seen
     at fit time relative to its stored control mean, and a new group relative to the mean of
     its selected cells. Without the column, all selected cells count as one new group.
     """
-    column = str(params.get("groups", "")) or None
+    column = params.groups
     if column is None:
         return None
     if column not in query.obs:
@@ -183,6 +193,7 @@ def gene_space(stored: dict[str, Any], values: np.ndarray) -> np.ndarray | None:
     return values @ components.T + np.asarray(representation["pca_mean"], dtype=np.float32)
 
 
+@doc_params(example_fitted=EXAMPLE_FITTED)
 def predict(
     adata: AnnData,
     *,
@@ -255,14 +266,7 @@ def predict(
 
     Examples
     --------
-    >>> import scanpy as sc
-    >>> import hycnn_sc as hs
-    >>> adata = hs.datasets.kang_ifnb1k()
-    >>> sc.pp.normalize_total(adata)
-    >>> sc.pp.log1p(adata)
-    >>> sc.pp.pca(adata, n_comps=20)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
-    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
+    {example_fitted}
     >>> predicted = hs.tl.predict(adata, target="stimulated")
     >>> predicted.obs["source_cell"].iloc[0] in adata.obs_names
     True
@@ -272,82 +276,88 @@ def predict(
     resolve_device(device)
     if batch_size is not None:
         check_positive(batch_size, "batch_size", integer=True)
-    params = dict(stored["params"])
-    params["key"] = key
-    conditional = bool(params.get("conditional", False))
+    params = fit_params(stored)
     target = _resolve_target(stored, target)
-    maps = {} if conditional else find_maps(stored, target)
-    if not conditional and dose is not None:
+    maps = {} if params.conditional else find_maps(stored, target)
+    if not params.conditional and dose is not None:
         raise ValueError("dose= only applies to conditional maps fitted with dose_key.")
-    use_rep = str(params["use_rep"]) or None
-    layer = str(params["layer"]) or None
-    split_by = str(params["split_by"]) or None
-    groupby = str(params["groupby"])
 
-    rows = _select_cells(query, params, cells)
+    rows = _select_cells(query, params, key, cells)
     if len(rows) == 0:
         raise ValueError("No cells selected to predict from.")
-    inputs.get_matrix(query, use_rep, layer)
-    values = inputs.read_rows(query, rows, use_rep, layer, what="the cells to predict from")
+    inputs.get_matrix(query, params.use_rep, params.layer)
+    values = inputs.read_rows(query, rows, params.use_rep, params.layer,
+                              what="the cells to predict from")
     check_compatible(query, stored, values)
-
-    if conditional:
-        assignments = {}
-    elif split_by is None:
-        assignments = {next(iter(maps)): np.arange(len(rows))}
-    else:
-        if split_by not in query.obs:
-            raise KeyError(
-                f"The maps were fitted per obs[{split_by!r}]; the new cells lack that column "
-                "(add it so each cell goes through the map of its stratum)."
-            )
-        strata = query.obs[split_by].astype(str).to_numpy()[rows]
-        by_stratum = {str(entry["stratum"]): mid for mid, entry in maps.items()}
-        unknown = sorted(set(strata) - set(by_stratum))
-        if unknown:
-            raise ValueError(
-                f"No {target!r} map for {split_by} = {unknown}; fitted strata: {sorted(by_stratum)}. "
-                "Select cells of fitted strata only."
-            )
-        assignments = {by_stratum[s]: np.flatnonzero(strata == s) for s in np.unique(strata)}
-
-    units = query_groups(query, params, rows)
-    predicted = np.empty_like(values)
-    covariates = [str(c) for c in np.asarray(params.get("covariates", [])).ravel()]
-    if conditional:
-        for column in covariates:
+    if params.conditional:
+        for column in params.covariates:
             inputs.group_labels(query, column, "covariates")  # present, no missing values
-        contexts = cell_strata(query, params)[rows]
         predicted = predict_source_cells(
-            decode_conditional(stored["conditional"], device=device), values, contexts,
-            np.arange(len(rows)), str(target), dose, covariates)
-    for mid, positions in assignments.items():
-        tmap = decode_map(maps[mid], device=device, name=mid)
-        predicted[positions] = tmap.transport(
-            values[positions], batch_size=batch_size,
-            groups=None if units is None else units[positions],
-        )
+            decode_conditional(stored["conditional"], device=device), values,
+            cell_strata(query, params.strata_columns)[rows], np.arange(len(rows)), str(target),
+            dose, params.covariates)
+    else:
+        assignments = _assign_maps(query, params, maps, rows, target)
+        units = query_groups(query, params, rows)
+        predicted = np.empty_like(values)
+        for mid, positions in assignments.items():
+            tmap = decode_map(maps[mid], device=device, name=mid)
+            predicted[positions] = tmap.transport(
+                values[positions], batch_size=batch_size,
+                groups=None if units is None else units[positions],
+            )
+    return _prediction_anndata(query, stored, params, rows, predicted, key=key, target=target)
 
+
+def _assign_maps(query: AnnData, params: FitParams, maps: dict[str, Any], rows: np.ndarray,
+                 target: str) -> dict[str, np.ndarray]:
+    """The positions in ``rows`` that each stored map moves: by stratum with ``split_by``."""
+    split_by = params.split_by
+    if split_by is None:
+        return {next(iter(maps)): np.arange(len(rows))}
+    if split_by not in query.obs:
+        raise KeyError(
+            f"The maps were fitted per obs[{split_by!r}]; the new cells lack that column "
+            "(add it so each cell goes through the map of its stratum)."
+        )
+    strata = query.obs[split_by].astype(str).to_numpy()[rows]
+    by_stratum = {str(entry["stratum"]): mid for mid, entry in maps.items()}
+    unknown = sorted(set(strata) - set(by_stratum))
+    if unknown:
+        raise ValueError(
+            f"No {target!r} map for {split_by} = {unknown}; fitted strata: {sorted(by_stratum)}. "
+            "Select cells of fitted strata only."
+        )
+    return {by_stratum[s]: np.flatnonzero(strata == s) for s in np.unique(strata)}
+
+
+def _prediction_anndata(query: AnnData, stored: dict[str, Any], params: FitParams,
+                        rows: np.ndarray, predicted: np.ndarray, *, key: str,
+                        target: str) -> AnnData:
+    """The AnnData :func:`predict` returns (see its Returns section)."""
+    names = query.obs_names[rows]
     obs = pd.DataFrame(
-        {"source_cell": np.asarray(query.obs_names[rows]), groupby: str(target)},
+        {SOURCE_COLUMN: np.asarray(names), params.groupby: str(target)},
         # Unique names even when a cell is selected twice (positions may repeat).
-        index=make_index_unique(pd.Index([f"{name}-{target}" for name in query.obs_names[rows]])),
+        index=make_index_unique(pd.Index([f"{name}-{target}" for name in names])),
     )
-    obs[groupby] = obs[groupby].astype("category")
-    for column in ([split_by] if split_by is not None else []) + covariates:
+    obs[params.groupby] = obs[params.groupby].astype("category")
+    for column in ([params.split_by] if params.split_by is not None else []) + params.covariates:
         obs[column] = pd.Categorical(query.obs[column].astype(str).to_numpy()[rows])
-    genes = predicted if use_rep is None else gene_space(stored, predicted)
+    genes = predicted if params.use_rep is None else gene_space(stored, predicted)
     result = AnnData(
         X=genes,
         obs=obs,
         var=pd.DataFrame(index=np.asarray(stored["var_names"]).astype(str))
         if genes is not None else None,
     )
-    result.obsm[use_rep or "X_input"] = predicted
-    result.uns["hycnn_prediction"] = {"key": key, "target": str(target), "use_rep": use_rep or ""}
+    result.obsm[params.use_rep or "X_input"] = predicted
+    result.uns[PREDICTION_KEY] = {"key": key, "target": str(target),
+                                  "use_rep": params.use_rep or ""}
     return result
 
 
+@doc_params(example_fitted=EXAMPLE_FITTED)
 def transport_map(adata: AnnData, *, key: str = "hycnn", target: str | None = None,
                   stratum: str | None = None, device: str = "auto") -> TransportMap:
     """The fitted :class:`~hycnn_sc.models.TransportMap` of one target, rebuilt from storage.
@@ -374,14 +384,7 @@ def transport_map(adata: AnnData, *, key: str = "hycnn", target: str | None = No
 
     Examples
     --------
-    >>> import scanpy as sc
-    >>> import hycnn_sc as hs
-    >>> adata = hs.datasets.kang_ifnb1k()
-    >>> sc.pp.normalize_total(adata)
-    >>> sc.pp.log1p(adata)
-    >>> sc.pp.pca(adata, n_comps=20)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
-    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
+    {example_fitted}
     >>> tmap = hs.tl.transport_map(adata)
     >>> 0.0 <= tmap.residual_weight_ <= 1.0
     True

@@ -6,7 +6,7 @@
         "params": {                      # JSON-able, also readable by people
             "groupby", "source", "targets", "use_rep", "layer", "split_by", "groups",
             "conditional", "covariates", "combination_sep", "dose_key",
-            "model", "validation_fraction", "seed", "n_features",
+            "model", "holdout_fraction", "seed", "n_features",
             "schema_version", "versions": {package: version},
             "model_params_json",         # every TransportMap argument, as a JSON string
         },
@@ -33,18 +33,24 @@
 
 Everything is str-keyed dicts, arrays, scalars and strings, so it survives
 ``write_h5ad``/``read_h5ad`` and maps are rebuilt without retraining and without pickles.
+``params`` is read and written only through :class:`FitParams` (``""`` stands for ``None``;
+uns written before the rename hold ``validation_fraction`` for ``holdout_fraction``), the
+other entries through :func:`fitted_uns`, :func:`read_fitted` and the functions below.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 
-from ..models._estimator import json_default
+from .._validation import json_default
+from ..models._estimator import RENAMED_PARAMS
 from ..models.conditional_transport import ConditionalTransportMap, FixedConditionMap
 from ..models.transport import TransportMap
 
@@ -52,6 +58,149 @@ SCHEMA_VERSION = 1
 #: Array groups of a stored map: the potentials' weights, the training history, the linear
 #: part (``linear``) and the group means of ``"group"``-frame maps (``group_means``).
 _ARRAY_GROUPS = ("f", "g", "history", "linear", "group_means")
+#: ``uns[key]`` entries written by :func:`hycnn_sc.tl.evaluate` (without and with ``holdout=``).
+EVALUATION = "evaluation"
+EVALUATION_HOLDOUT = "evaluation_holdout"
+#: ``obs`` column of :func:`hycnn_sc.tl.predict` output naming each prediction's source cell.
+SOURCE_COLUMN = "source_cell"
+#: ``uns`` entry of :func:`hycnn_sc.tl.predict` output (its ``key``, ``target``, ``use_rep``).
+PREDICTION_KEY = "hycnn_prediction"
+#: Packages whose versions a fit records.
+_VERSIONED = ("hycnn-sc", "torch", "numpy", "anndata", "scanpy")
+
+
+def installed_versions() -> dict[str, str]:
+    """Versions of the packages a fit depends on (``"not installed"`` for missing ones)."""
+    found = {}
+    for package in _VERSIONED:
+        try:
+            found[package.replace("-", "_")] = version(package)
+        except PackageNotFoundError:
+            found[package.replace("-", "_")] = "not installed"
+    return found
+
+
+def _optional(value: str | None) -> str:
+    return "" if value is None else str(value)
+
+
+@dataclass
+class FitParams:
+    """The arguments of a fit, as ``adata.uns[key]['params']`` stores them (typed, decoded).
+
+    :meth:`to_uns` writes the stored dict (``None`` as ``""``, lists as object arrays, the
+    estimator arguments as the JSON string ``model_params_json``; the conditional entries only
+    for conditional fits); :meth:`from_uns` reads it back, also from an AnnData written before
+    hycnn_sc 0.3 renamed ``validation_fraction`` to ``holdout_fraction`` (and the estimator's
+    ``validation_fraction``/``validation_every`` to ``selection_fraction``/``selection_every``).
+    """
+
+    groupby: str
+    source: str
+    targets: list[str]
+    use_rep: str | None
+    layer: str | None
+    model: str = "hycnn"
+    split_by: str | None = None
+    groups: str | None = None
+    holdout_fraction: float = 0.0
+    seed: int = 0
+    n_features: int = 0
+    #: Every estimator argument (``TransportMap`` or ``ConditionalTransportMap``).
+    model_params: dict[str, Any] = field(default_factory=dict)
+    conditional: bool = False
+    covariates: list[str] = field(default_factory=list)
+    combination_sep: str = "+"
+    dose_key: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    versions: dict[str, str] = field(default_factory=installed_versions)
+
+    @property
+    def strata_columns(self) -> list[str]:
+        """``obs`` columns naming a cell's stratum (see :func:`cell_strata`)."""
+        return [self.split_by] if self.split_by else list(self.covariates)
+
+    def to_uns(self) -> dict[str, Any]:
+        """The ``params`` dict stored in ``uns`` (h5ad-writable)."""
+        stored: dict[str, Any] = {
+            "source": str(self.source),
+            "targets": np.asarray(self.targets, dtype=object),
+            "use_rep": _optional(self.use_rep),
+            "layer": _optional(self.layer),
+            "split_by": _optional(self.split_by),
+            "groups": _optional(self.groups),
+            "holdout_fraction": float(self.holdout_fraction),
+            "seed": int(self.seed),
+            "n_features": int(self.n_features),
+            "schema_version": int(self.schema_version),
+            "versions": dict(self.versions),
+            "model_params_json": json.dumps(
+                {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.model_params.items()}
+            ),
+        }
+        if self.conditional:
+            stored.update(conditional=True, covariates=np.asarray(self.covariates, dtype=object),
+                          combination_sep=str(self.combination_sep),
+                          dose_key=_optional(self.dose_key))
+        stored.update(groupby=str(self.groupby), model=str(self.model))
+        return stored
+
+    @classmethod
+    def from_uns(cls, stored: Mapping[str, Any]) -> FitParams:
+        """Decode a stored ``params`` dict (as written, or after ``read_h5ad``)."""
+
+        def text(name: str) -> str | None:
+            return str(stored.get(name, "")) or None
+
+        def labels(name: str) -> list[str]:
+            return [str(v) for v in np.atleast_1d(np.asarray(stored.get(name, []), dtype=object))]
+
+        holdout = stored.get("holdout_fraction", stored.get("validation_fraction", 0.0))
+        return cls(
+            groupby=str(stored["groupby"]),
+            source=str(stored["source"]),
+            targets=labels("targets"),
+            use_rep=text("use_rep"),
+            layer=text("layer"),
+            model=str(stored.get("model", "hycnn")),
+            split_by=text("split_by"),
+            groups=text("groups"),
+            holdout_fraction=float(holdout),
+            seed=int(stored.get("seed", 0)),
+            n_features=int(stored.get("n_features", 0)),
+            model_params={RENAMED_PARAMS.get(name, name): value for name, value
+                          in json.loads(str(stored.get("model_params_json", "{}"))).items()},
+            conditional=bool(stored.get("conditional", False)),
+            covariates=labels("covariates"),
+            combination_sep=str(stored.get("combination_sep", "+")),
+            dose_key=text("dose_key"),
+            schema_version=int(stored.get("schema_version", SCHEMA_VERSION)),
+            versions={str(k): str(v) for k, v in dict(stored.get("versions", {})).items()},
+        )
+
+
+def fitted_uns(params: FitParams, *, var_names: Any, source_values: np.ndarray,
+               projection: Mapping[str, np.ndarray], maps: dict[str, Any],
+               conditional: ConditionalTransportMap | None = None) -> dict[str, Any]:
+    """``uns[key_added]`` of a fit: its params, genes, representation summary and maps.
+
+    ``source_values`` are the fitted source cells (their per-feature mean and std let predict
+    check new cells); ``projection`` the scanpy PCA loadings and centre, if any; ``maps`` the
+    entries of :func:`encode_map` (or of a conditional fit, with its shared ``conditional``).
+    """
+    stored: dict[str, Any] = {
+        "params": params.to_uns(),
+        "var_names": np.asarray(var_names, dtype=object),
+        "representation": {
+            "source_mean": source_values.mean(axis=0),
+            "source_std": source_values.std(axis=0),
+            **projection,
+        },
+        "maps": maps,
+    }
+    if conditional is not None:
+        stored["conditional"] = encode_conditional(conditional)
+    return stored
 
 
 def obsm_key(key: str, target: str) -> str:
@@ -59,15 +208,14 @@ def obsm_key(key: str, target: str) -> str:
     return f"{key}_{target}".replace("/", "_")
 
 
-def cell_strata(adata, params: Mapping[str, Any]) -> np.ndarray:
+def cell_strata(adata, columns: Sequence[str]) -> np.ndarray:
     """The stratum of every cell, as stored map entries name it.
 
-    ``obs[split_by]`` for maps fitted per stratum, the covariate values joined by ``"|"`` for
-    a conditional fit with covariates, else ``""``.
+    ``columns`` is :attr:`FitParams.strata_columns`: ``[split_by]`` for maps fitted per
+    stratum, the covariates of a conditional fit (values joined by ``"|"``), else empty (every
+    cell's stratum is ``""``).
     """
-    columns = [str(c) for c in np.asarray(params.get("covariates", [])).ravel()]
-    if str(params.get("split_by", "")):
-        columns = [str(params["split_by"])]
+    columns = list(columns)
     if not columns:
         return np.full(adata.n_obs, "", dtype=object)
     missing = [c for c in columns if c not in adata.obs]
@@ -80,8 +228,12 @@ def cell_strata(adata, params: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(["|".join(values) for values in zip(*parts, strict=True)], dtype=object)
 
 
+#: Values of the :func:`split_key` column: training cells, cells held out for evaluate.
+TRAIN, HELD_OUT = "train", "held_out"
+
+
 def split_key(key: str) -> str:
-    """The ``obs`` column marking the fitted cells as ``"train"`` or ``"held_out"``."""
+    """The ``obs`` column marking the fitted cells as :data:`TRAIN` or :data:`HELD_OUT`."""
     return f"{key}_split"
 
 
@@ -240,6 +392,11 @@ def read_fitted(adata, key: str) -> dict[str, Any]:
             "refit with hycnn_sc.tl.fit_transport."
         )
     return stored
+
+
+def fit_params(stored: Mapping[str, Any]) -> FitParams:
+    """The :class:`FitParams` of ``uns[key]`` (as returned by :func:`read_fitted`)."""
+    return FitParams.from_uns(stored["params"])
 
 
 def _looks_fitted(value: Any) -> bool:
