@@ -42,7 +42,7 @@ def run_demo(
 
     tl.fit_transport(
         adata, groupby="condition", source="control", target="stimulated",
-        validation_fraction=0.2, n_iters=n_iters, seed=seed, device=device, progress=progress,
+        holdout_fraction=0.2, n_iters=n_iters, seed=seed, device=device, progress=progress,
     )
     table = tl.evaluate(adata, by="cell_type")
     table.to_csv(out / "evaluation.csv", index=False)
