@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 import hycnn_sc as hs
 from hycnn_sc.pl._transport import knn_place
 
-FIT = dict(validation_fraction=0.2, residual=1.0, n_iters=20, hidden=(8,), batch_size=64, warm_start_iters=10, seed=0, device="cpu")
+FIT = dict(holdout_fraction=0.2, residual=1.0, n_iters=20, hidden=(8,), batch_size=64, warm_start_iters=10, seed=0, device="cpu")
 PLOTS = ("transport", "training", "response", "evaluation")
 
 
@@ -218,6 +218,37 @@ def test_knn_place_exact_and_mean():
         knn_place(reference, reference, embedding, 0)
 
 
+def _knn_place_torch(queries, reference, embedding, n_neighbors):
+    """The placement as pl.transport computed it with torch before issue 11 (cdist, topk)."""
+    import torch
+
+    k = min(n_neighbors, len(reference))
+    distances = torch.cdist(torch.as_tensor(np.asarray(queries, dtype=np.float64)),
+                            torch.as_tensor(reference))
+    nearest = distances.topk(k, dim=1, largest=False).indices.numpy()
+    return embedding[nearest].mean(axis=1)
+
+
+@pytest.mark.parametrize(("n", "m", "d", "k"), [(300, 120, 10, 15), (40, 30, 3, 60), (500, 50, 30, 1)])
+def test_knn_place_equals_the_torch_placement(n, m, d, k):
+    rng = np.random.default_rng(n)
+    reference = rng.normal(size=(n, d))
+    queries = rng.normal(size=(m, d)).astype(np.float32)  # stored predictions are float32
+    embedding = rng.normal(size=(n, 2))
+    np.testing.assert_array_equal(knn_place(queries, reference, embedding, k),
+                                  _knn_place_torch(queries, reference, embedding, k))
+
+
+def test_pl_does_not_use_torch():
+    """pl draws what tl stored: no module of it imports torch itself."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(hs.pl.__path__, "hycnn_sc.pl."):
+        module = importlib.import_module(info.name)
+        assert "torch" not in vars(module), info.name
+
+
 def test_transport_places_prediction_at_identical_cell(fitted):
     adata = fitted.copy()
     labels = adata.obs["condition"].astype(str).to_numpy()
@@ -314,10 +345,24 @@ def test_training_several_and_many_maps(fitted, fitted_split):
 def test_training_without_selection_checks(fitted):
     adata = _many_maps(fitted, 1)
     (entry,) = adata.uns["hycnn"]["maps"].values()
-    entry["history"]["validation_iteration"] = np.empty(0, dtype=int)
-    entry["history"]["validation_energy"] = np.empty(0)
+    entry["history"]["selection_iteration"] = np.empty(0, dtype=int)
+    entry["history"]["selection_energy"] = np.empty(0)
     _, val_ax = hs.pl.training(adata, show=False)
     assert any("no selection checks" in t.get_text() for t in val_ax.texts)
+
+
+def test_training_reads_the_history_keys_of_older_fits(fitted):
+    """uns written before the rename names the checks validation_iteration/_energy."""
+    adata = _many_maps(fitted, 1)
+    (entry,) = adata.uns["hycnn"]["maps"].values()
+    history = entry["history"]
+    history["validation_iteration"] = history.pop("selection_iteration")
+    history["validation_energy"] = history.pop("selection_energy")
+    _, old_ax = hs.pl.training(adata, show=False)
+    _, new_ax = hs.pl.training(fitted, show=False)
+    assert len(old_ax.lines) == len(new_ax.lines) > 0
+    for old, new in zip(old_ax.lines, new_ax.lines, strict=True):
+        np.testing.assert_array_equal(old.get_xydata(), new.get_xydata())
 
 
 # ----------------------------------------------------------------------------- response

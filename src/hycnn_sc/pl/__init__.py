@@ -1,7 +1,7 @@
 """Plots of fitted maps: they read what :mod:`hycnn_sc.tl` stored and never retrain.
 
 - :func:`transport` — control, observed and predicted cells on one embedding.
-- :func:`training` — minimax losses and validation energy of the stored training history.
+- :func:`training` — minimax losses and selection energy of the stored training history.
 - :func:`response` — predicted vs observed per-gene mean change.
 - :func:`evaluation` — the table of :func:`hycnn_sc.tl.evaluate` as grouped bars.
 

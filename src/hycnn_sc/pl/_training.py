@@ -1,4 +1,4 @@
-"""``hycnn_sc.pl.training``: loss curves and validation energy from the stored training history."""
+"""``hycnn_sc.pl.training``: loss curves and selection energy from the stored training history."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from .._docs import EXAMPLE_FITTED, doc_params, plot_arguments
+from ..models._estimator import RENAMED_HISTORY
 from . import _utils as utils
 
 _F_COLOR, _G_COLOR = "tab:blue", "tab:orange"
+#: The shared plot arguments less ``ax``, which here may also be two Axes.
+_PLOT_ARGUMENTS = plot_arguments("hycnn_training").split("\n", 2)[2]
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -24,18 +28,26 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def _history(entry: dict) -> dict[str, np.ndarray]:
+    """One stored map's training history as float arrays, with the current key names.
+
+    The uns of older fits names the selection checks ``validation_iteration`` and
+    ``validation_energy``; they are read under their new names.
+    """
     history = entry.get("history")
     if history is None or "loss_f" not in history or "loss_g" not in history:
         raise KeyError(
             "A stored map has no training history (loss_f, loss_g): run "
             "hycnn_sc.tl.fit_transport first (or refit with this hycnn_sc version)."
         )
-    out = {name: np.asarray(value, dtype=np.float64).ravel() for name, value in history.items()}
-    out.setdefault("validation_iteration", np.empty(0))
-    out.setdefault("validation_energy", np.empty(0))
+    out = {RENAMED_HISTORY.get(name, name): np.asarray(value, dtype=np.float64).ravel()
+           for name, value in history.items()}
+    out.setdefault("selection_iteration", np.empty(0))
+    out.setdefault("selection_energy", np.empty(0))
     return out
 
 
+@doc_params(fitted_arguments=utils.FITTED_ARGUMENTS, plot_arguments=_PLOT_ARGUMENTS,
+            example_fitted=EXAMPLE_FITTED)
 def training(
     adata: AnnData,
     *,
@@ -48,7 +60,7 @@ def training(
     return_fig: bool = False,
     save: bool | str | None = None,
 ) -> Figure | list[Axes] | None:
-    """Training curves of the stored maps: minimax losses and validation energy.
+    """Training curves of the stored maps: minimax losses and selection energy.
 
     Left panel: the two minimax losses per iteration, ``loss f`` (outer problem, left axis,
     solid) and ``loss g`` (inner problem, right axis, dashed; the two live on different
@@ -65,10 +77,7 @@ def training(
 
     Parameters
     ----------
-    adata
-        AnnData with maps fitted by :func:`~hycnn_sc.tl.fit_transport`.
-    key
-        ``key_added`` of :func:`~hycnn_sc.tl.fit_transport`.
+    {fitted_arguments}
     target
         Show only the maps of this target (all strata); ``None`` shows every map.
     smooth
@@ -76,14 +85,8 @@ def training(
     max_maps
         Most maps drawn individually with a legend entry each.
     ax
-        Two Axes (losses, validation energy), or one Axes that is split in two.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    return_fig
-        Return the Figure (and do not show it).
-    save
-        As in scanpy: ``True`` or a filename suffix writes ``hycnn_training{suffix}`` to
-        :attr:`scanpy.settings.figdir`.
+        Two Axes (losses, selection energy), or one Axes that is split in two.
+    {plot_arguments}
 
     Returns
     -------
@@ -91,87 +94,111 @@ def training(
 
     Examples
     --------
-    >>> import scanpy as sc
-    >>> import hycnn_sc as hs
-    >>> adata = hs.datasets.kang_ifnb1k()
-    >>> sc.pp.normalize_total(adata)
-    >>> sc.pp.log1p(adata)
-    >>> sc.pp.pca(adata, n_comps=20)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
-    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
-    >>> loss_ax, validation_ax = hs.pl.training(adata, show=False)
+    {example_fitted}
+    >>> loss_ax, selection_ax = hs.pl.training(adata, show=False)
     """
     stored = utils.fitted(adata, key)
     maps = utils.maps_for(stored, target)
     if not maps:
         raise ValueError(f"adata.uns[{key!r}] holds no maps: run hycnn_sc.tl.fit_transport first.")
     histories = {mid: _history(entry) for mid, entry in maps.items()}
-    best = {mid: utils.fitted_state(entry).get("best_iteration_") for mid, entry in maps.items()}
-    converged = {mid: utils.fitted_state(entry).get("converged_", True) for mid, entry in maps.items()}
+    states = {mid: utils.fitted_state(entry) for mid, entry in maps.items()}
+    best = {mid: state.get("best_iteration_") for mid, state in states.items()}
+    converged = {mid: state.get("converged_", True) for mid, state in states.items()}
     n_iters = max(len(h["loss_f"]) for h in histories.values())
     window = max(1, round(n_iters / 25)) if smooth is None else int(smooth)
     if window < 1:
         raise ValueError(f"smooth must be a positive number of iterations, got {smooth}.")
 
     fig, (loss_ax, val_ax) = utils.split_axes(ax, 2, (10.0, 3.8))
-    g_ax = loss_ax.twinx()
+    axes = (loss_ax, loss_ax.twinx(), val_ax)
     many = len(maps) > max_maps
-    single = len(maps) == 1
     colors = mpl.colormaps["tab10" if len(maps) <= 10 else "tab20"]
     handles: list[Line2D] = []
     for i, (mid, history) in enumerate(histories.items()):
-        x = np.arange(len(history["loss_f"]))
         color = "#bbbbbb" if many else colors(i % colors.N)
-        f_color, g_color = (_F_COLOR, _G_COLOR) if single else (color, color)
-        for axis, values, c, style in ((loss_ax, history["loss_f"], f_color, "-"),
-                                       (g_ax, history["loss_g"], g_color, "--")):
-            if single:
-                axis.plot(x, values, color=c, lw=0.6, alpha=0.25)
-            axis.plot(x, _smooth(values, window), color=c, ls=style,
-                      lw=0.7 if many else 1.4, alpha=0.6 if many else 1.0)
-        checks, energy = history["validation_iteration"], history["validation_energy"]
-        if len(checks):
-            val_ax.plot(checks, energy, color=color if not single else _F_COLOR,
-                        lw=0.7 if many else 1.4, alpha=0.6 if many else 1.0,
-                        marker=None if many or len(checks) > 40 else "o", ms=3)
-            at = np.flatnonzero(checks == best[mid]) if best[mid] is not None else []
-            if len(at):
-                val_ax.plot(checks[at[0]], energy[at[0]], marker="*", ms=8 if many else 13,
-                            color="black" if single else color, mec="black", mew=0.6,
-                            ls="", zorder=5)
-        if not many and not single:
+        _draw_map(axes, history, best[mid], color, window, many=many, single=len(maps) == 1)
+        if not many and len(maps) > 1:
             note = "" if converged[mid] else " (not converged)"
             handles.append(Line2D([], [], color=color, lw=1.6, label=f"{mid}{note}"))
-
     if many:
-        _draw_median(loss_ax, g_ax, val_ax, histories, window)
+        _draw_median(*axes, histories, window)
         handles.append(Line2D([], [], color="black", lw=1.8, label=f"median of {len(maps)} maps"))
         handles.append(Line2D([], [], color="#bbbbbb", lw=0.8, label="single maps"))
-    if single:
-        (mid,) = histories
-        if best[mid] is not None:
-            loss_ax.axvline(best[mid], color="black", ls=":", lw=0.8)
-            val_ax.axvline(best[mid], color="black", ls=":", lw=0.8)
-        for start in histories[mid].get("cycle_start", np.empty(0))[1:]:
-            for axis in (loss_ax, val_ax):  # n_iters="auto": where each cosine cycle began
-                axis.axvline(start, color="#999999", ls="--", lw=0.6)
-        loss_ax.set_ylabel("loss f (outer)", color=_F_COLOR)
-        g_ax.set_ylabel("loss g (inner)", color=_G_COLOR)
-        loss_ax.tick_params(axis="y", colors=_F_COLOR)
-        g_ax.tick_params(axis="y", colors=_G_COLOR)
-        status = "" if converged[mid] else "\n(not converged)"
-        if best[mid] is not None:
-            val_ax.annotate(f"kept: iteration {best[mid]}{status}", xy=(best[mid], 1.0),
-                            xycoords=("data", "axes fraction"), xytext=(3, -3),
-                            textcoords="offset points", ha="left", va="top", fontsize="small")
-        val_ax.set_title("selection energy", fontsize="medium")
-        loss_ax.set_title(f"minimax losses: {mid}", fontsize="medium")
+    if len(maps) == 1:
+        ((mid, history),) = histories.items()
+        _label_single(axes, mid, history, best[mid], converged[mid])
     else:
-        loss_ax.set_ylabel("loss f (outer, solid)")
-        g_ax.set_ylabel("loss g (inner, dashed)")
-        val_ax.set_title("selection energy (★ kept)", fontsize="medium")
-        loss_ax.set_title("minimax losses", fontsize="medium")
-    if not any(len(h["validation_iteration"]) for h in histories.values()):
+        _label_several(axes)
+    _label_iterations(axes, histories, window, n_iters)
+    if handles:
+        val_ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                      frameon=False, fontsize="small", borderaxespad=0.0)
+    return utils.finish(fig, [loss_ax, val_ax], show=show, save=save, return_fig=return_fig,
+                        writekey="hycnn_training")
+
+
+def _draw_map(axes: tuple[Axes, Axes, Axes], history: dict[str, np.ndarray],
+              best: int | None, color: str, window: int, *, many: bool, single: bool) -> None:
+    """One map's smoothed losses (raw values behind for a single map) and selection checks."""
+    loss_ax, g_ax, val_ax = axes
+    x = np.arange(len(history["loss_f"]))
+    f_color, g_color = (_F_COLOR, _G_COLOR) if single else (color, color)
+    for axis, values, c, style in ((loss_ax, history["loss_f"], f_color, "-"),
+                                   (g_ax, history["loss_g"], g_color, "--")):
+        if single:
+            axis.plot(x, values, color=c, lw=0.6, alpha=0.25)
+        axis.plot(x, _smooth(values, window), color=c, ls=style,
+                  lw=0.7 if many else 1.4, alpha=0.6 if many else 1.0)
+    checks, energy = history["selection_iteration"], history["selection_energy"]
+    if not len(checks):
+        return
+    val_ax.plot(checks, energy, color=color if not single else _F_COLOR,
+                lw=0.7 if many else 1.4, alpha=0.6 if many else 1.0,
+                marker=None if many or len(checks) > 40 else "o", ms=3)
+    at = np.flatnonzero(checks == best) if best is not None else []
+    if len(at):
+        val_ax.plot(checks[at[0]], energy[at[0]], marker="*", ms=8 if many else 13,
+                    color="black" if single else color, mec="black", mew=0.6,
+                    ls="", zorder=5)
+
+
+def _label_single(axes: tuple[Axes, Axes, Axes], mid: str, history: dict[str, np.ndarray],
+                  best: int | None, converged: bool) -> None:
+    """Axis colours, the kept iteration and the cycle starts of a single map."""
+    loss_ax, g_ax, val_ax = axes
+    if best is not None:
+        loss_ax.axvline(best, color="black", ls=":", lw=0.8)
+        val_ax.axvline(best, color="black", ls=":", lw=0.8)
+    for start in history.get("cycle_start", np.empty(0))[1:]:
+        for axis in (loss_ax, val_ax):  # n_iters="auto": where each cosine cycle began
+            axis.axvline(start, color="#999999", ls="--", lw=0.6)
+    loss_ax.set_ylabel("loss f (outer)", color=_F_COLOR)
+    g_ax.set_ylabel("loss g (inner)", color=_G_COLOR)
+    loss_ax.tick_params(axis="y", colors=_F_COLOR)
+    g_ax.tick_params(axis="y", colors=_G_COLOR)
+    status = "" if converged else "\n(not converged)"
+    if best is not None:
+        val_ax.annotate(f"kept: iteration {best}{status}", xy=(best, 1.0),
+                        xycoords=("data", "axes fraction"), xytext=(3, -3),
+                        textcoords="offset points", ha="left", va="top", fontsize="small")
+    val_ax.set_title("selection energy", fontsize="medium")
+    loss_ax.set_title(f"minimax losses: {mid}", fontsize="medium")
+
+
+def _label_several(axes: tuple[Axes, Axes, Axes]) -> None:
+    loss_ax, g_ax, val_ax = axes
+    loss_ax.set_ylabel("loss f (outer, solid)")
+    g_ax.set_ylabel("loss g (inner, dashed)")
+    val_ax.set_title("selection energy (★ kept)", fontsize="medium")
+    loss_ax.set_title("minimax losses", fontsize="medium")
+
+
+def _label_iterations(axes: tuple[Axes, Axes, Axes], histories: dict[str, dict[str, np.ndarray]],
+                      window: int, n_iters: int) -> None:
+    """x labels and limits, and a note where no checks were stored or no network trained."""
+    loss_ax, g_ax, val_ax = axes
+    if not any(len(h["selection_iteration"]) for h in histories.values()):
         val_ax.set_title("selection energy", fontsize="medium")
         val_ax.set_yticks([])
         val_ax.text(0.5, 0.5, "no selection checks stored\n(selection split off or too small):"
@@ -180,27 +207,23 @@ def training(
     loss_ax.set_xlabel("iteration" if window == 1 else f"iteration (running mean of {window})")
     val_ax.set_xlabel("iteration")
     val_ax.set_ylabel("energy distance (standardised)")
-    if n_iters == 0:  # residual weight 0 chosen before training: only the linear part
-        val_ax.cla()
-        for line in [*loss_ax.lines, *g_ax.lines]:
-            line.remove()
-        loss_ax.set_ylabel("")
-        g_ax.set_ylabel("")
-        for axis in (loss_ax, g_ax, val_ax):
-            axis.set_xticks([])
-            axis.set_yticks([])
-        loss_ax.text(0.5, 0.5, "no network was trained:\nthe map is its linear part\n"
-                     "(residual weight 0; see tl.transport_map(...).selection_)",
-                     transform=loss_ax.transAxes, ha="center", va="center", color="#555555")
-        val_ax.set_title("selection energy", fontsize="medium")
-    else:
+    if n_iters > 0:
         loss_ax.set_xlim(0, n_iters)
         val_ax.set_xlim(0, n_iters)
-    if handles:
-        val_ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                      frameon=False, fontsize="small", borderaxespad=0.0)
-    return utils.finish(fig, [loss_ax, val_ax], show=show, save=save, return_fig=return_fig,
-                        writekey="hycnn_training")
+        return
+    # Residual weight 0 chosen before training: the map is only its linear part.
+    val_ax.cla()
+    for line in [*loss_ax.lines, *g_ax.lines]:
+        line.remove()
+    loss_ax.set_ylabel("")
+    g_ax.set_ylabel("")
+    for axis in axes:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    loss_ax.text(0.5, 0.5, "no network was trained:\nthe map is its linear part\n"
+                 "(residual weight 0; see tl.transport_map(...).selection_)",
+                 transform=loss_ax.transAxes, ha="center", va="center", color="#555555")
+    val_ax.set_title("selection energy", fontsize="medium")
 
 
 def _draw_median(loss_ax: Axes, g_ax: Axes, val_ax: Axes, histories: dict,
@@ -210,8 +233,8 @@ def _draw_median(loss_ax: Axes, g_ax: Axes, val_ax: Axes, histories: dict,
     for axis, name, style in ((loss_ax, "loss_f", "-"), (g_ax, "loss_g", "--")):
         stacked = np.stack([_smooth(h[name][:length], window) for h in histories.values()])
         axis.plot(np.arange(length), np.nanmedian(stacked, axis=0), color="black", ls=style, lw=1.8)
-    checks = [h["validation_iteration"] for h in histories.values()]
+    checks = [h["selection_iteration"] for h in histories.values()]
     if checks and all(len(c) == len(checks[0]) and np.array_equal(c, checks[0]) for c in checks):
         if len(checks[0]):
-            stacked = np.stack([h["validation_energy"] for h in histories.values()])
+            stacked = np.stack([h["selection_energy"] for h in histories.values()])
             val_ax.plot(checks[0], np.nanmedian(stacked, axis=0), color="black", lw=1.8)

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from sklearn.neighbors import NearestNeighbors
 
+from .._docs import EXAMPLE_FITTED, PLOT_RETURNS, doc_params, plot_arguments
 from ..tl import _inputs as inputs
 from ..tl._schema import split_key
 from . import _utils as utils
 
 _BASIS_LABELS = {"umap": "UMAP", "tsne": "tSNE", "pca": "PC", "diffmap": "DC",
                  "draw_graph_fa": "FA", "draw_graph_fr": "FR", "phate": "PHATE"}
-#: Distances held at once by the kNN placement (float64 entries: 2**24 is 128 MiB).
-_KNN_BLOCK = 2**24
 
 
 def basis_key(adata: AnnData, basis: str) -> str:
@@ -67,17 +66,18 @@ def knn_place(queries: np.ndarray, reference: np.ndarray, embedding: np.ndarray,
     """
     if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
+    embedding = np.asarray(embedding, dtype=np.float64)
+    if len(queries) == 0:
+        return np.empty((0, embedding.shape[1]), dtype=np.float64)
     k = min(int(n_neighbors), len(reference))
-    ref = torch.as_tensor(np.asarray(reference, dtype=np.float64))
-    out = np.empty((len(queries), embedding.shape[1]), dtype=np.float64)
-    chunk = max(1, min(4096, _KNN_BLOCK // max(len(reference), 1)))
-    for start in range(0, len(queries), chunk):
-        block = torch.as_tensor(np.asarray(queries[start : start + chunk], dtype=np.float64))
-        nearest = torch.cdist(block, ref).topk(k, dim=1, largest=False).indices.numpy()
-        out[start : start + len(block)] = embedding[nearest].mean(axis=1)
-    return out
+    search = NearestNeighbors(n_neighbors=k).fit(np.asarray(reference, dtype=np.float64))
+    nearest = search.kneighbors(np.asarray(queries, dtype=np.float64), return_distance=False)
+    return embedding[nearest].mean(axis=1)
 
 
+@doc_params(fitted_arguments=utils.FITTED_ARGUMENTS,
+            plot_arguments=plot_arguments("hycnn_transport"), plot_returns=PLOT_RETURNS,
+            example_fitted=EXAMPLE_FITTED)
 def transport(
     adata: AnnData,
     *,
@@ -116,10 +116,7 @@ def transport(
 
     Parameters
     ----------
-    adata
-        AnnData with maps fitted by :func:`~hycnn_sc.tl.fit_transport`.
-    key
-        ``key_added`` of :func:`~hycnn_sc.tl.fit_transport`.
+    {fitted_arguments}
     target
         The perturbation to show; may be omitted when only one target was fitted.
         Maps fitted per ``split_by`` stratum are shown together.
@@ -139,118 +136,42 @@ def transport(
         Marker area; default scales with the number of cells drawn.
     title
         Axes title; default names the target and the basis.
-    ax
-        Draw into this Axes instead of a new figure.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    return_fig
-        Return the Figure (and do not show it).
-    save
-        As in scanpy: ``True`` or a filename suffix (``"_ifnb.png"``) writes the figure to
-        :attr:`scanpy.settings.figdir` as ``hycnn_transport{suffix}``.
+    {plot_arguments}
 
-    Returns
-    -------
-    The Figure with ``return_fig=True``; else the Axes when ``show=False``; else ``None``.
+    {plot_returns}
 
     Examples
     --------
-    >>> import scanpy as sc
-    >>> import hycnn_sc as hs
-    >>> adata = hs.datasets.kang_ifnb1k()
-    >>> sc.pp.normalize_total(adata)
-    >>> sc.pp.log1p(adata)
-    >>> sc.pp.pca(adata, n_comps=20)
+    {example_fitted}
     >>> sc.pp.neighbors(adata)
     >>> sc.tl.umap(adata)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
-    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> ax = hs.pl.transport(adata, target="stimulated", arrows=40, show=False)
     >>> ax = hs.pl.transport(adata, target="stimulated", basis="pca", show=False)
     """
+    if arrows < 0:
+        raise ValueError(f"arrows must be a non-negative number of cells, got {arrows}.")
     stored = utils.fitted(adata, key)
     p = utils.params(stored)
     target = utils.resolve_target(p, target)
     utils.maps_for(stored, target)
     source_rows, predicted = utils.predictions(adata, key, target)
     obsm_key = basis_key(adata, basis)
-    cx, cy = _components(components)
-    embedding = np.asarray(adata.obsm[obsm_key])
-    if hasattr(embedding, "toarray"):
-        embedding = embedding.toarray()
-    embedding = np.asarray(embedding, dtype=np.float64)
-    if max(cx, cy) >= embedding.shape[1]:
-        raise ValueError(
-            f"components {components!r} ask for column {max(cx, cy) + 1}, but obsm[{obsm_key!r}] "
-            f"has {embedding.shape[1]}."
-        )
+    columns = _components(components)
+    xy = _embedding(adata, obsm_key, columns, components)
     labels = utils.labels(adata, p["groupby"])
-
-    direct = obsm_key == p["use_rep"]
-    if direct:
-        placed = np.asarray(predicted, dtype=np.float64)[:, [cx, cy]]
-        how = "predicted"
-        note = ""
+    if obsm_key == p["use_rep"]:
+        placed, note = np.asarray(predicted, dtype=np.float64)[:, list(columns)], ""
     else:
-        split = split_key(key)
-        if split in adata.obs:
-            reference_rows = np.flatnonzero(adata.obs[split].notna().to_numpy())
-        else:
-            reference_rows = np.flatnonzero(np.isin(labels, [p["source"], *p["targets"]]))
-        reference_rows = reference_rows[np.isfinite(embedding[reference_rows][:, [cx, cy]]).all(1)]
-        reference = inputs.read_rows(adata, reference_rows, p["use_rep"], p["layer"],
-                                     what="the fitted cells")
-        placed = knn_place(predicted, reference, embedding[reference_rows][:, [cx, cy]],
-                           n_neighbors)
-        how = "predicted"
-        rep = p["use_rep"] or (f"layer {p['layer']}" if p["layer"] else "X")
-        note = f"predictions placed at the mean of {min(n_neighbors, len(reference_rows))} nearest cells in {rep}"
-
-    xy = embedding[:, [cx, cy]]
-    finite = np.isfinite(xy).all(axis=1)
-    is_source = np.zeros(adata.n_obs, dtype=bool)
-    is_source[source_rows] = True
-    is_target = (labels == target) & finite
-    other = finite & ~is_source & ~is_target
-    is_source &= finite
-    n_points = int(finite.sum()) + len(placed)
-    size = utils.point_size(n_points) if size is None else float(size)
+        placed, note = _place(adata, key, p, labels, predicted, xy, n_neighbors)
 
     fig, ax = utils.new_axes(ax, (5.6, 5.6))
-    source_name = p["source"] if "control" in p["source"].lower() else f"{p['source']} (control)"
-    layers = [
-        ("other cells", other, utils.COLORS["other"], 0.6),
-        (source_name, is_source, utils.COLORS["control"], 0.55),
-        (f"{target}, observed", is_target, utils.COLORS["observed"], 0.55),
-    ]
-    handles = []
-    for label, mask, color, alpha in layers:
-        if not mask.any():
-            continue
-        ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=color, alpha=alpha, linewidths=0,
-                   rasterized=mask.sum() > 5000, zorder=2)
-        handles.append(_handle(f"{label} ({int(mask.sum())})", color))
-    ax.scatter(placed[:, 0], placed[:, 1], s=size, c=utils.COLORS["predicted"], alpha=0.75,
-               linewidths=0, rasterized=len(placed) > 5000, zorder=4)
-    handles.append(_handle(f"{target}, {how} ({len(placed)})", utils.COLORS["predicted"]))
-
+    layers = _cell_layers(p, target, labels, source_rows, xy)
+    handles = _draw_cells(ax, xy, layers, placed, f"{target}, predicted", size)
     if arrows:
-        if arrows < 0:
-            raise ValueError(f"arrows must be a non-negative number of cells, got {arrows}.")
-        rng = np.random.default_rng(seed)
-        keep = np.flatnonzero(finite[source_rows])
-        pick = np.sort(rng.choice(keep, size=min(int(arrows), len(keep)), replace=False))
-        start = xy[source_rows[pick]]
-        delta = placed[pick] - start
-        ax.quiver(start[:, 0], start[:, 1], delta[:, 0], delta[:, 1], angles="xy",
-                  scale_units="xy", scale=1, width=0.0025, headwidth=5, headlength=6,
-                  headaxislength=5.5, color="black", alpha=0.4, zorder=3)
-        handles.append(Line2D([], [], color="black", alpha=0.6, lw=1.0,
-                              label=f"control cell → prediction ({len(pick)} cells)"))
-
+        handles.append(_draw_arrows(ax, xy, placed, source_rows, arrows, seed))
     name = _BASIS_LABELS.get(obsm_key.removeprefix("X_"), obsm_key.removeprefix("X_"))
-    ax.set_xlabel(f"{name}{cx + 1}")
-    ax.set_ylabel(f"{name}{cy + 1}")
+    ax.set_xlabel(f"{name}{columns[0] + 1}")
+    ax.set_ylabel(f"{name}{columns[1] + 1}")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title if title is not None else f"{p['source']} → {target} ({name})")
@@ -262,6 +183,88 @@ def transport(
               borderaxespad=0.0)
     return utils.finish(fig, ax, show=show, save=save, return_fig=return_fig,
                         writekey="hycnn_transport")
+
+
+def _embedding(adata: AnnData, obsm_key: str, columns: tuple[int, int],
+               components: str | tuple[int, int]) -> np.ndarray:
+    """The two ``columns`` of ``adata.obsm[obsm_key]`` as a dense float64 ``[n_obs, 2]`` array."""
+    embedding = np.asarray(adata.obsm[obsm_key])
+    if hasattr(embedding, "toarray"):
+        embedding = embedding.toarray()
+    embedding = np.asarray(embedding, dtype=np.float64)
+    if max(columns) >= embedding.shape[1]:
+        raise ValueError(
+            f"components {components!r} ask for column {max(columns) + 1}, but "
+            f"obsm[{obsm_key!r}] has {embedding.shape[1]}."
+        )
+    return embedding[:, list(columns)]
+
+
+def _place(adata: AnnData, key: str, p: dict, labels: np.ndarray, predicted: np.ndarray,
+           xy: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, str]:
+    """Predictions placed by :func:`knn_place` among the fitted cells, and a note saying so."""
+    split = split_key(key)
+    if split in adata.obs:
+        reference_rows = np.flatnonzero(adata.obs[split].notna().to_numpy())
+    else:
+        reference_rows = np.flatnonzero(np.isin(labels, [p["source"], *p["targets"]]))
+    reference_rows = reference_rows[np.isfinite(xy[reference_rows]).all(1)]
+    reference = inputs.read_rows(adata, reference_rows, p["use_rep"], p["layer"],
+                                 what="the fitted cells")
+    placed = knn_place(predicted, reference, xy[reference_rows], n_neighbors)
+    rep = p["use_rep"] or (f"layer {p['layer']}" if p["layer"] else "X")
+    note = (f"predictions placed at the mean of {min(n_neighbors, len(reference_rows))} "
+            f"nearest cells in {rep}")
+    return placed, note
+
+
+def _cell_layers(p: dict, target: str, labels: np.ndarray, source_rows: np.ndarray,
+                 xy: np.ndarray) -> list[tuple[str, np.ndarray, str, float]]:
+    """(label, cells, colour, alpha) of the observed cells, drawn back to front."""
+    finite = np.isfinite(xy).all(axis=1)
+    is_source = np.zeros(len(xy), dtype=bool)
+    is_source[source_rows] = True
+    is_target = (labels == target) & finite
+    other = finite & ~is_source & ~is_target
+    source_name = p["source"] if "control" in p["source"].lower() else f"{p['source']} (control)"
+    return [
+        ("other cells", other, utils.COLORS["other"], 0.6),
+        (source_name, is_source & finite, utils.COLORS["control"], 0.55),
+        (f"{target}, observed", is_target, utils.COLORS["observed"], 0.55),
+    ]
+
+
+def _draw_cells(ax: Axes, xy: np.ndarray, layers: list[tuple[str, np.ndarray, str, float]],
+                placed: np.ndarray, placed_label: str, size: float | None) -> list[Line2D]:
+    """Scatter the observed cells by layer and the predictions on top; their legend handles."""
+    n_points = int(np.isfinite(xy).all(axis=1).sum()) + len(placed)
+    size = utils.point_size(n_points) if size is None else float(size)
+    handles = []
+    for label, mask, color, alpha in layers:
+        if not mask.any():
+            continue
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=color, alpha=alpha, linewidths=0,
+                   rasterized=mask.sum() > 5000, zorder=2)
+        handles.append(_handle(f"{label} ({int(mask.sum())})", color))
+    ax.scatter(placed[:, 0], placed[:, 1], s=size, c=utils.COLORS["predicted"], alpha=0.75,
+               linewidths=0, rasterized=len(placed) > 5000, zorder=4)
+    handles.append(_handle(f"{placed_label} ({len(placed)})", utils.COLORS["predicted"]))
+    return handles
+
+
+def _draw_arrows(ax: Axes, xy: np.ndarray, placed: np.ndarray, source_rows: np.ndarray,
+                 arrows: int, seed: int) -> Line2D:
+    """Arrows from ``arrows`` random control cells to their predictions; their legend handle."""
+    rng = np.random.default_rng(seed)
+    keep = np.flatnonzero(np.isfinite(xy[source_rows]).all(axis=1))
+    pick = np.sort(rng.choice(keep, size=min(int(arrows), len(keep)), replace=False))
+    start = xy[source_rows[pick]]
+    delta = placed[pick] - start
+    ax.quiver(start[:, 0], start[:, 1], delta[:, 0], delta[:, 1], angles="xy",
+              scale_units="xy", scale=1, width=0.0025, headwidth=5, headlength=6,
+              headaxislength=5.5, color="black", alpha=0.4, zorder=3)
+    return Line2D([], [], color="black", alpha=0.6, lw=1.0,
+                  label=f"control cell → prediction ({len(pick)} cells)")
 
 
 def _handle(label: str, color: str) -> Line2D:
