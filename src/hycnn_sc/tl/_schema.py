@@ -91,8 +91,8 @@ class FitParams:
     :meth:`to_uns` writes the stored dict (``None`` as ``""``, lists as object arrays, the
     estimator arguments as the JSON string ``model_params_json``; the conditional entries only
     for conditional fits); :meth:`from_uns` reads it back, also from an AnnData written before
-    hycnn_sc 0.3 renamed ``validation_fraction`` to ``holdout_fraction`` (and the estimator's
-    ``validation_fraction``/``validation_every`` to ``selection_fraction``/``selection_every``).
+    ``validation_fraction`` was renamed ``holdout_fraction`` (and the estimator's
+    ``validation_fraction``/``validation_every`` ``selection_fraction``/``selection_every``).
     """
 
     groupby: str
