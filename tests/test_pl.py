@@ -396,6 +396,15 @@ def test_response_observed_change_and_labels(fitted):
     assert np.isclose(np.abs(top[:, 0]).max(), abs(expected), rtol=1e-4)
 
 
+def test_response_r2_is_the_squared_correlation_of_the_points(fitted):
+    """The r² in the box is that of the plotted mean changes (metrics.r2_mean of the two)."""
+    ax = hs.pl.response(fitted, target="stimulated", n_genes=5, show=False)
+    points = np.concatenate([np.asarray(c.get_offsets()) for c in ax.collections])
+    r2 = np.corrcoef(points[:, 0], points[:, 1])[0, 1] ** 2
+    assert np.isclose(hs.metrics.r2_mean(points[None, :, 1], points[None, :, 0]), r2)
+    assert any(t.get_text().startswith(f"r² = {r2:.2f}\n") for t in ax.texts)
+
+
 def test_response_without_split_or_pca(fitted):
     adata = fitted.copy()
     del adata.obs["hycnn_split"]

@@ -9,6 +9,8 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._docs import EXAMPLE_FITTED, PLOT_RETURNS, doc_params, plot_arguments
+from ..metrics import r2_mean
 from ..tl import _inputs as inputs
 from ..tl._predict import gene_space
 from ..tl._schema import split_key
@@ -127,6 +129,9 @@ def _place_labels(ax: Axes, x: np.ndarray, y: np.ndarray, names: list[str],
         )
 
 
+@doc_params(fitted_arguments=utils.FITTED_ARGUMENTS,
+            plot_arguments=plot_arguments("hycnn_response"), plot_returns=PLOT_RETURNS,
+            example_fitted=EXAMPLE_FITTED)
 def response(
     adata: AnnData,
     *,
@@ -145,8 +150,8 @@ def response(
     One point per gene: the observed change (mean of the ``target`` cells minus mean of the
     control cells) against the predicted change (mean of the maps' predictions for the control
     cells minus the control mean), with the diagonal ``y = x`` and the squared Pearson
-    correlation ``r²`` of the two. The ``n_genes`` genes with the largest observed change are
-    labelled.
+    correlation ``r²`` of the two (:func:`hycnn_sc.metrics.r2_mean` of the two mean changes).
+    The ``n_genes`` genes with the largest observed change are labelled.
 
     Cells: if ``obs[f"{key}_split"]`` exists (written by
     :func:`~hycnn_sc.tl.fit_transport`), only held-out cells are used — held-out control cells
@@ -163,10 +168,7 @@ def response(
 
     Parameters
     ----------
-    adata
-        AnnData with maps fitted by :func:`~hycnn_sc.tl.fit_transport`.
-    key
-        ``key_added`` of :func:`~hycnn_sc.tl.fit_transport`.
+    {fitted_arguments}
     target
         The perturbation to show; may be omitted when only one target was fitted.
     n_genes
@@ -176,30 +178,13 @@ def response(
         ``X``, which scanpy's PCA is computed from).
     size
         Marker area of the genes.
-    ax
-        Draw into this Axes instead of a new figure.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    return_fig
-        Return the Figure (and do not show it).
-    save
-        As in scanpy: ``True`` or a filename suffix writes ``hycnn_response{suffix}`` to
-        :attr:`scanpy.settings.figdir`.
+    {plot_arguments}
 
-    Returns
-    -------
-    The Figure with ``return_fig=True``; else the Axes when ``show=False``; else ``None``.
+    {plot_returns}
 
     Examples
     --------
-    >>> import scanpy as sc
-    >>> import hycnn_sc as hs
-    >>> adata = hs.datasets.kang_ifnb1k()
-    >>> sc.pp.normalize_total(adata)
-    >>> sc.pp.log1p(adata)
-    >>> sc.pp.pca(adata, n_comps=20)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
-    ...                     n_iters=20, hidden=(8,), warm_start_iters=20)
+    {example_fitted}
     >>> ax = hs.pl.response(adata, target="stimulated", n_genes=8, show=False)
     """
     stored = utils.fitted(adata, key)
@@ -213,54 +198,16 @@ def response(
     target_rows = np.flatnonzero(labels == target)
     if len(target_rows) == 0:
         raise ValueError(f"No cells with obs[{p['groupby']!r}] == {target!r} to compare with.")
-
-    keep_source = np.ones(len(source_rows), dtype=bool)
-    cells = "all cells"
-    split = split_key(key)
-    if split in adata.obs:
-        held = (adata.obs[split].astype(str) == "held_out").to_numpy()
-        if held[source_rows].sum() >= 2 and held[target_rows].sum() >= 2:
-            keep_source, target_rows = held[source_rows], target_rows[held[target_rows]]
-            cells = "held-out cells"
-        else:
-            warnings.warn(
-                f"Fewer than 2 held-out cells per side in obs[{split!r}]; comparing all cells "
-                "(training cells included).",
-                UserWarning,
-                stacklevel=2,
-            )
+    keep_source, target_rows, cells = _compared_cells(adata, key, source_rows, target_rows)
     control_rows = source_rows[keep_source]
-    predicted_change, observed_change, names, space = _changes(
+    predicted_change, observed_change, names, space = _finite_changes(*_changes(
         adata, stored, p, control_rows, predicted[keep_source], target_rows, layer
-    )
-    finite = np.isfinite(predicted_change) & np.isfinite(observed_change)
-    if finite.sum() < 2:
-        raise ValueError("Fewer than 2 features with finite changes: nothing to compare.")
-    predicted_change, observed_change = predicted_change[finite], observed_change[finite]
-    names = names[finite]
-    if np.std(predicted_change) > 0 and np.std(observed_change) > 0:
-        r2 = float(np.corrcoef(predicted_change, observed_change)[0, 1] ** 2)
-    else:
-        r2 = float("nan")
+    ))
+    r2 = r2_mean(predicted_change[np.newaxis], observed_change[np.newaxis])
 
     fig, ax = utils.new_axes(ax, (5.2, 5.0))
     top = np.argsort(-np.abs(observed_change))[: int(n_genes)]
-    rest = np.setdiff1d(np.arange(len(names)), top)
-    size = float(np.clip(6000.0 / len(names), 4.0, 30.0)) if size is None else float(size)
-    ax.scatter(observed_change[rest], predicted_change[rest], s=size, c="#7f7f7f", alpha=0.5,
-               linewidths=0, rasterized=len(rest) > 5000)
-    ax.scatter(observed_change[top], predicted_change[top], s=max(size * 2, 12),
-               c=utils.COLORS["predicted"], edgecolors="black", linewidths=0.4, zorder=3)
-    low = float(min(observed_change.min(), predicted_change.min()))
-    high = float(max(observed_change.max(), predicted_change.max()))
-    pad = 0.06 * (high - low if high > low else 1.0)
-    lims = (low - pad, high + pad)
-    ax.axline((0, 0), slope=1, color="black", lw=0.8, ls="--", zorder=1)
-    ax.axhline(0, color="#cccccc", lw=0.6, zorder=0)
-    ax.axvline(0, color="#cccccc", lw=0.6, zorder=0)
-    ax.set_xlim(lims)
-    ax.set_ylim(lims)
-    ax.set_aspect("equal", adjustable="box")
+    _draw_changes(ax, observed_change, predicted_change, top, size)
     unit = "gene" if space == "gene" else f"{space} feature"
     ax.set_xlabel(f"observed change ({target} − {p['source']})")
     ax.set_ylabel(f"predicted change ({target} − {p['source']})")
@@ -275,3 +222,54 @@ def response(
                       avoid=(box,))
     return utils.finish(fig, ax, show=show, save=save, return_fig=return_fig,
                         writekey="hycnn_response")
+
+
+def _compared_cells(adata: AnnData, key: str, source_rows: np.ndarray,
+                    target_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Held-out cells when the split stores at least 2 per side, else all cells.
+
+    Returns which ``source_rows`` to keep, the target rows kept, and the cells' description.
+    """
+    split = split_key(key)
+    if split not in adata.obs:
+        return np.ones(len(source_rows), dtype=bool), target_rows, "all cells"
+    held = (adata.obs[split].astype(str) == "held_out").to_numpy()
+    if held[source_rows].sum() >= 2 and held[target_rows].sum() >= 2:
+        return held[source_rows], target_rows[held[target_rows]], "held-out cells"
+    warnings.warn(
+        f"Fewer than 2 held-out cells per side in obs[{split!r}]; comparing all cells "
+        "(training cells included).",
+        UserWarning,
+        stacklevel=3,
+    )
+    return np.ones(len(source_rows), dtype=bool), target_rows, "all cells"
+
+
+def _finite_changes(predicted_change: np.ndarray, observed_change: np.ndarray, names: np.ndarray,
+                    space: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The features whose predicted and observed changes are both finite (at least 2)."""
+    finite = np.isfinite(predicted_change) & np.isfinite(observed_change)
+    if finite.sum() < 2:
+        raise ValueError("Fewer than 2 features with finite changes: nothing to compare.")
+    return predicted_change[finite], observed_change[finite], names[finite], space
+
+
+def _draw_changes(ax: Axes, observed_change: np.ndarray, predicted_change: np.ndarray,
+                  top: np.ndarray, size: float | None) -> None:
+    """One point per feature (``top`` highlighted), the diagonal and equal, padded limits."""
+    rest = np.setdiff1d(np.arange(len(observed_change)), top)
+    size = float(np.clip(6000.0 / len(observed_change), 4.0, 30.0)) if size is None else float(size)
+    ax.scatter(observed_change[rest], predicted_change[rest], s=size, c="#7f7f7f", alpha=0.5,
+               linewidths=0, rasterized=len(rest) > 5000)
+    ax.scatter(observed_change[top], predicted_change[top], s=max(size * 2, 12),
+               c=utils.COLORS["predicted"], edgecolors="black", linewidths=0.4, zorder=3)
+    low = float(min(observed_change.min(), predicted_change.min()))
+    high = float(max(observed_change.max(), predicted_change.max()))
+    pad = 0.06 * (high - low if high > low else 1.0)
+    lims = (low - pad, high + pad)
+    ax.axline((0, 0), slope=1, color="black", lw=0.8, ls="--", zorder=1)
+    ax.axhline(0, color="#cccccc", lw=0.6, zorder=0)
+    ax.axvline(0, color="#cccccc", lw=0.6, zorder=0)
+    ax.set_xlim(lims)
+    ax.set_ylim(lims)
+    ax.set_aspect("equal", adjustable="box")
