@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.exceptions import NotFittedError
 
 from hycnn_sc.models import (
     ConditionalHyCNN,
@@ -190,8 +191,37 @@ def test_same_seed_same_map():
 
 
 def test_not_fitted_error():
-    with pytest.raises(RuntimeError, match="not fitted"):
-        ConditionalTransportMap().transport(np.zeros((3, 2)), "A")
+    for call in (lambda m: m.transport(np.zeros((3, 2)), "A"), lambda m: m.get_state(),
+                 lambda m: m.at("A")):
+        with pytest.raises(NotFittedError, match="not fitted"):
+            call(ConditionalTransportMap())
+
+
+def test_renamed_keywords_and_old_states(tmp_path):
+    rng = np.random.default_rng(4)
+    control, labels, targets = _three_conditions(rng)
+    new = ConditionalTransportMap(**{**FAST, "residual": 1.0, "selection_fraction": 0.2})
+    new = new.fit([control] * 3, targets, labels)
+    with pytest.warns(FutureWarning, match="use selection_fraction="):
+        old = ConditionalTransportMap(**{**FAST, "residual": 1.0, "validation_fraction": 0.2})
+        old = old.fit([control] * 3, targets, labels)
+    np.testing.assert_array_equal(new.transport(control, "A"), old.transport(control, "A"))
+    state = old.get_state()
+    assert "validation_fraction" not in state["params"]
+    assert state["params"]["selection_fraction"] == 0.2
+    # A state written before the rename: old parameter and history names.
+    renames = {"selection_fraction": "validation_fraction", "selection_every": "validation_every",
+               "history/selection_iteration": "history/validation_iteration",
+               "history/selection_energy": "history/validation_energy"}
+    state["params"] = {renames.get(k, k): v for k, v in state["params"].items()}
+    state["arrays"] = {renames.get(k, k): v for k, v in state["arrays"].items()}
+    loaded = ConditionalTransportMap.from_state(state, device="cpu")
+    assert loaded.selection_fraction == 0.2 and set(loaded.history_) == set(new.history_)
+    np.testing.assert_array_equal(loaded.transport(control, "A+B"), new.transport(control, "A+B"))
+    again = ConditionalTransportMap.from_state(loaded.get_state(), device="cpu")
+    assert again.get_params() == loaded.get_params()
+    for name, value in loaded.get_state()["fitted"].items():
+        assert again.get_state()["fitted"][name] == value, name
 
 
 def test_stacked_samples_draw_from_the_active_clouds_only():

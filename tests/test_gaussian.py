@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 
 from hycnn_sc.models.gaussian import GaussianTransportMap, gaussian_transport_matrix
 
@@ -128,15 +130,15 @@ def test_regularization_is_relative_to_mean_variance() -> None:
     assert np.isfinite(GaussianTransportMap(regularization=1e-3).fit(wide, wide + 1).matrix_).all()
 
 
-def test_dict_round_trip() -> None:
+def test_state_round_trip() -> None:
     rng = np.random.default_rng(7)
     gmap = GaussianTransportMap(regularization=1e-4).fit(
         rng.normal(size=(40, 3)), rng.normal(size=(30, 3)) * 2
     )
-    state = gmap.to_dict()
+    state = gmap.get_state()
     for value in state.values():
         assert isinstance(value, (float, str, np.ndarray))  # str: the covariance estimator
-    restored = GaussianTransportMap.from_dict(state)
+    restored = GaussianTransportMap.from_state(state)
     assert restored.regularization == gmap.regularization
     assert restored.w2_squared_ == gmap.w2_squared_
     assert restored.n_features_in_ == 3
@@ -147,11 +149,29 @@ def test_dict_round_trip() -> None:
     # values as read back from h5ad (numpy scalars, lists) are accepted
     loose = {k: (np.float64(v) if isinstance(v, float) else v if isinstance(v, str) else v.tolist())
              for k, v in state.items()}
-    np.testing.assert_array_equal(GaussianTransportMap.from_dict(loose).matrix_, gmap.matrix_)
+    np.testing.assert_array_equal(GaussianTransportMap.from_state(loose).matrix_, gmap.matrix_)
     with pytest.raises(ValueError, match="missing keys"):
-        GaussianTransportMap.from_dict({"matrix": state["matrix"]})
+        GaussianTransportMap.from_state({"matrix": state["matrix"]})
     with pytest.raises(ValueError, match="Inconsistent shapes"):
-        GaussianTransportMap.from_dict({**state, "matrix": np.eye(2)})
+        GaussianTransportMap.from_state({**state, "matrix": np.eye(2)})
+
+
+def test_deprecated_dict_names_warn_and_still_work() -> None:
+    rng = np.random.default_rng(7)
+    gmap = GaussianTransportMap().fit(rng.normal(size=(40, 3)), rng.normal(size=(30, 3)))
+    with pytest.warns(FutureWarning, match="use get_state"):
+        state = gmap.to_dict()
+    with pytest.warns(FutureWarning, match="use from_state"):
+        restored = GaussianTransportMap.from_dict(state)
+    np.testing.assert_array_equal(restored.matrix_, gmap.matrix_)
+
+
+def test_sklearn_clone_and_params() -> None:
+    gmap = GaussianTransportMap(shrinkage=0.5, covariance="ledoit_wolf")
+    copy = clone(gmap)
+    assert copy.get_params() == gmap.get_params() and copy is not gmap
+    assert gmap.set_params(shrinkage=0.25) is gmap and gmap.shrinkage == 0.25
+    assert repr(gmap) == "GaussianTransportMap(covariance='ledoit_wolf', shrinkage=0.25)"
 
 
 @pytest.mark.parametrize(
@@ -173,8 +193,10 @@ def test_fit_bad_input(source, target, error, match) -> None:
 def test_other_errors() -> None:
     rng = np.random.default_rng(8)
     x = rng.normal(size=(10, 2))
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         GaussianTransportMap().transport(x)
+    with pytest.raises(NotFittedError):
+        GaussianTransportMap().get_state()
     with pytest.raises(ValueError, match="regularization"):
         GaussianTransportMap(regularization=-1.0).fit(x, x)
     gmap = GaussianTransportMap().fit(x, x + 1)
@@ -206,7 +228,7 @@ def test_shrinkage_interpolates_to_the_mean_shift(shrinkage: float, covariance: 
     np.testing.assert_allclose(moved.mean(0), target.mean(0), atol=1e-8)  # means always match
     if shrinkage == 1.0:
         np.testing.assert_allclose(moved, source + target.mean(0) - source.mean(0), atol=1e-8)
-    restored = GaussianTransportMap.from_dict(gmap.to_dict())
+    restored = GaussianTransportMap.from_state(gmap.get_state())
     np.testing.assert_array_equal(restored.transport(source), moved)
 
 

@@ -209,9 +209,9 @@ def no_fitting(monkeypatch):
     """TransportMap.fit validates inside fit_many: trap what comes after validation."""
 
     def trap(*args, **kwargs):
-        raise AssertionError("TransportMap._fit_stacked was called: the error came after fitting began")
+        raise AssertionError("TransportMap._fit_pairs was called: the error came after fitting began")
 
-    monkeypatch.setattr(TransportMap, "_fit_stacked", trap)
+    monkeypatch.setattr(TransportMap, "_fit_pairs", trap)
 
 
 SOURCE, TARGET, SOURCE_LABELS, TARGET_LABELS = _grouped_points()

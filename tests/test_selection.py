@@ -302,7 +302,7 @@ def test_fit_transport_default_uses_all_cells(fitted_adata):
     assert split.notna().all() and set(split.astype(str)) == {"train"}
     params = fitted_adata.uns["hycnn"]["params"]
     assert params["groups"] == "patient"
-    assert params["validation_fraction"] == 0.0
+    assert params["holdout_fraction"] == 0.0
 
 
 # ------------------------------------------------------------------------------ 8. evaluate(holdout)

@@ -14,8 +14,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sklearn.base import BaseEstimator, clone
+from sklearn.exceptions import NotFittedError
 
 import hycnn_sc.models.transport as transport_module
+from hycnn_sc.models import ConditionalTransportMap, ConvexRegressor
 from hycnn_sc.models.gaussian import GaussianTransportMap, gaussian_transport_matrix
 from hycnn_sc.models.transport import GAUSSIAN_RIDGE, TransportMap
 
@@ -509,8 +512,35 @@ def test_use_before_fit_raises(method, tmp_path) -> None:
     tmap = TransportMap()
     x = np.zeros((3, 2))
     args = {"get_state": (), "save": (tmp_path / "m",), "w2_squared": (x, x)}.get(method, (x,))
-    with pytest.raises(RuntimeError, match="fit"):
+    with pytest.raises(NotFittedError, match="fit"):
         getattr(tmap, method)(*args)
+
+
+ESTIMATORS = {
+    "TransportMap": (TransportMap, dict(selection_fraction=0.2, hidden=(4,))),
+    "ConditionalTransportMap": (ConditionalTransportMap, dict(condition_hidden=(8,), tau=1.0)),
+    "GaussianTransportMap": (GaussianTransportMap, dict(shrinkage=0.5)),
+    "ConvexRegressor": (ConvexRegressor, dict(model="icnn", hidden=(4,))),
+}
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_every_estimator_is_a_sklearn_estimator(name) -> None:
+    """One convention: sklearn get_params/set_params/clone, repr, NotFittedError."""
+    kind, params = ESTIMATORS[name]
+    estimator = kind(**params)
+    assert isinstance(estimator, BaseEstimator)
+    copy = clone(estimator)
+    assert type(copy) is kind and copy.get_params() == estimator.get_params()
+    assert {k: v for k, v in copy.get_params().items() if k in params} == params
+    assert copy.set_params(seed=3) is copy if "seed" in copy.get_params() else True
+    assert repr(estimator).startswith(f"{name}(") and "=" in repr(estimator)
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        estimator.set_params(bogus=1)
+    method = "predict" if name == "ConvexRegressor" else "transport"
+    args = (np.zeros((3, 2)), "A") if name == "ConditionalTransportMap" else (np.zeros((3, 2)),)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        getattr(estimator, method)(*args)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -613,7 +643,7 @@ def test_get_set_params_and_repr() -> None:
     assert tmap.set_params(n_iters=9, seed=2) is tmap
     assert tmap.n_iters == 9 and tmap.seed == 2
     assert "n_iters=9" in repr(tmap)
-    with pytest.raises(ValueError, match="Unknown parameter"):
+    with pytest.raises(ValueError, match="Invalid parameter"):
         tmap.set_params(bogus=1)
     clone = TransportMap(**tmap.get_params())
     assert clone.get_params() == tmap.get_params()

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._docs import doc_params
 from .._validation import check_positive
 from ._utils import check_hidden
 
@@ -39,6 +40,15 @@ def softplus_inverse(value: torch.Tensor) -> torch.Tensor:
     return value + torch.log(-torch.expm1(-value))
 
 
+#: The size parameters of every potential, for docstrings (placeholder ``{potential_size}``).
+POTENTIAL_SIZE_DOC = """\
+in_features
+    Input dimension ``d``.
+hidden
+    Width of each hidden layer."""
+
+
+@doc_params(potential_size=POTENTIAL_SIZE_DOC)
 class ConvexPotential(nn.Module):
     """Base class of input-convex scalar potentials ``f: R^d -> R`` (see module docstring).
 
@@ -46,10 +56,7 @@ class ConvexPotential(nn.Module):
 
     Parameters
     ----------
-    in_features
-        Input dimension ``d``.
-    hidden
-        Width of each hidden layer.
+    {potential_size}
     n_models
         Number of independent potentials stored side by side (batched training of many maps).
     skip_variance

@@ -7,17 +7,21 @@ estimator's own checks through :meth:`MinimaxEstimator._validate_own`.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 from .._validation import check_positive, json_default
 from ._factory import DEFAULT_HIDDEN, POTENTIALS, check_model_name
+from ._minimax import MinimaxSettings
 from ._utils import check_hidden, resolve_device
 from .gaussian import check_shrinkage
 from .schedules import check_tau_schedule
@@ -40,36 +44,29 @@ RENAMED_HISTORY = {"validation_iteration": "selection_iteration",
                    "validation_energy": "selection_energy"}
 
 
-class MinimaxEstimator:
-    """Base of the estimators trained with the minimax semi-dual (parameters and their checks)."""
+class MinimaxEstimator(BaseEstimator):
+    """Base of the estimators trained with the minimax semi-dual.
+
+    Parameters and their checks, the not-fitted guard, and persistence: :meth:`get_state` and
+    :meth:`from_state` (JSON-able metadata plus numpy arrays), :meth:`save` and :meth:`load`
+    (a directory). A subclass names its fitted state once: ``_fitted_scalars`` (stored in the
+    JSON part, with the type each is read back as) and ``_fitted_attributes`` (all of them,
+    checked by :meth:`_check_fitted`), and implements ``_state_arrays`` and ``_restore``.
+    """
 
     #: Integer arguments that must be positive.
     _positive_ints: tuple[str, ...] = ("n_iters", "inner_steps", "batch_size")
     #: Whether ``n_iters="auto"`` (a held-out-driven budget) is supported.
     _auto_budget: bool = False
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Constructor arguments, as scikit-learn's ``get_params``."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any):
-        """Set constructor arguments, as scikit-learn's ``set_params``."""
-        for name, value in params.items():
-            if name not in self._param_names():
-                raise ValueError(f"Unknown parameter {name!r}; valid: {self._param_names()}.")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = {
-            name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()
-        }
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults.get(k)]
-        return f"{type(self).__name__}({', '.join(changed)})"
+    #: Fitted scalars kept in a state's ``"fitted"`` record, with the type read back.
+    _fitted_scalars: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+    #: Every fitted attribute (the scalars, then networks and arrays).
+    _fitted_attributes: tuple[str, ...] = ()
+    #: Parameters held as tuples (lists in a state's JSON), with the type of their entries.
+    _tuple_params: ClassVar[dict[str, type]] = {"hidden": int, "betas": float}
+    #: ``"format"`` and ``"format_version"`` of the states this class writes.
+    _format: str = ""
+    _format_version: int = 1
 
     def _resolved_hidden(self) -> tuple[int, ...]:
         return check_hidden(DEFAULT_HIDDEN[self.model] if self.hidden is None else self.hidden)
@@ -78,6 +75,18 @@ class MinimaxEstimator:
         if self.model == "hycnn":
             return DEFAULT_TAU if self.tau is None else float(self.tau)
         return self.tau
+
+    def _minimax_settings(self, n_iters: int, train_network: bool) -> MinimaxSettings:
+        """Settings of one minimax schedule of ``n_iters`` iterations (0 without a network)."""
+        tau = self._resolved_tau()
+        return MinimaxSettings(
+            n_iters=n_iters if train_network else 0, inner_steps=self.inner_steps,
+            batch_size=self.batch_size, lr=self.lr, lr_final_fraction=self.lr_final_fraction,
+            lr_warmup_fraction=self.lr_warmup_fraction, betas=tuple(self.betas),
+            validation_every=self._selection_every or max(n_iters // 20, 1),
+            tau=tau if self.model == "hycnn" else None, tau_schedule=self.tau_schedule,
+            tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
+        )
 
     def _validate_params(self) -> None:
         """Check every argument (raises before any data is read or trained on)."""
@@ -148,7 +157,93 @@ class MinimaxEstimator:
             params[new] = value
         return params
 
+    # ------------------------------------------------------------------ fitted state
+    def _check_fitted(self) -> None:
+        """Raise :class:`sklearn.exceptions.NotFittedError` unless every fitted attribute is set."""
+        check_is_fitted(
+            self, self._fitted_attributes,
+            msg="This %(name)s is not fitted yet: call fit(...) first (or %(name)s.load(path)).",
+        )
+
+    def _set_fitted(self, fitted: dict[str, Any]) -> None:
+        """Set every fitted attribute from ``fitted`` (a mapping of all of them)."""
+        for name in self._fitted_attributes:
+            setattr(self, name, fitted[name])
+
     # ------------------------------------------------------------------ persistence
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to rebuild the fitted estimator: JSON-able metadata and arrays.
+
+        ``{"format", "format_version", "params", "fitted", "arrays"}``: ``params`` are the
+        constructor arguments, ``fitted`` the fitted scalars and labels, ``arrays`` maps names
+        (``"f/<weight>"``, ``"history/<name>"``, ...) to numpy arrays. Used by :meth:`save`
+        and by :func:`hycnn_sc.tl.fit_transport` (AnnData storage).
+        """
+        self._check_fitted()
+        params = self._resolved_params()
+        params["hidden"] = list(self._resolved_hidden())
+        for name in self._tuple_params:
+            params[name] = list(params[name])
+        fitted = {name: kind(getattr(self, name)) for name, kind in self._fitted_scalars.items()}
+        arrays = {f"history/{name}": np.asarray(value) for name, value in self.history_.items()}
+        arrays.update(self._state_arrays(fitted))
+        return {"format": self._format, "format_version": self._format_version,
+                "params": params, "fitted": fitted, "arrays": arrays}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, device: str = "auto"):
+        """Rebuild a fitted estimator from :meth:`get_state` output (no retraining, no pickles).
+
+        States written before hycnn_sc 0.3 (``validation_*`` parameters and history) load
+        with the new names.
+        """
+        try:
+            version = cls._check_format(state)
+            params, arrays = renamed_state(dict(state["params"]), state["arrays"])
+            for name, kind in cls._tuple_params.items():
+                params[name] = tuple(kind(v) for v in params[name])
+            estimator = cls(**{**params, "device": device})
+            estimator._validate_params()
+            fitted = estimator._upgrade(dict(state["fitted"]), version)
+            for name, kind in cls._fitted_scalars.items():
+                setattr(estimator, name, kind(fitted[name]))
+            estimator.history_ = {name[len("history/"):]: np.asarray(value)
+                                  for name, value in arrays.items() if name.startswith("history/")}
+            estimator.device_ = str(resolve_device(device))
+            estimator._restore(fitted, arrays, resolve_device(device))
+        except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, IndexError) as error:
+            raise ValueError(
+                f"Cannot rebuild a {cls.__name__} from this state: {error}. It is truncated, "
+                "tampered with or was not written by hycnn_sc; refit the map."
+            ) from None
+        return estimator
+
+    @classmethod
+    def _check_format(cls, state: dict[str, Any]) -> int:
+        """The state's format version, after checking it was written by this class."""
+        if state["format"] != cls._format:
+            raise ValueError(f"not a {cls._format} state (format={state['format']!r})")
+        version = int(state["format_version"])
+        if version > cls._format_version:
+            raise ValueError(
+                f"written by a newer hycnn_sc (format_version {version} > "
+                f"{cls._format_version}); upgrade hycnn_sc"
+            )
+        return version
+
+    def _upgrade(self, fitted: dict[str, Any], version: int) -> dict[str, Any]:
+        """The ``fitted`` record of an older format version, completed with what it lacked."""
+        return fitted
+
+    def _state_arrays(self, fitted: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Networks and arrays of the fitted state (may add labels to ``fitted``)."""
+        raise NotImplementedError
+
+    def _restore(self, fitted: dict[str, Any], arrays: dict[str, Any],
+                 device: torch.device) -> None:
+        """Rebuild networks and arrays from a state (the scalars and history are set)."""
+        raise NotImplementedError
+
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Save to directory ``path``: ``params.json`` (metadata) and ``weights.pt`` (tensors).
 

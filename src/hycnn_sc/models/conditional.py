@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._docs import doc_params
 from .._validation import check_positive
 from ._convex_base import ConvexPotential
 from ._utils import check_hidden
@@ -130,15 +131,18 @@ class ConditionalPotential(nn.Module):
         return out.squeeze(0) if single else out
 
 
+#: The size parameters of the conditional potentials, for docstrings.
+CONDITIONAL_SIZE_DOC = ("in_features\n    Dimension of ``x``.\n"
+                        "condition_features\n    Length of the condition vector.")
+
+
+@doc_params(conditional_size=CONDITIONAL_SIZE_DOC)
 class ConditionalHyCNN(ConditionalPotential):
     """A HyCNN in ``x`` for every condition ``c`` (see :class:`ConditionalPotential`).
 
     Parameters
     ----------
-    in_features
-        Dimension of ``x``.
-    condition_features
-        Length of the condition vector.
+    {conditional_size}
     hidden, tau
         Block widths and gate temperature of the HyCNN (see :class:`~hycnn_sc.models.HyCNN`).
     condition_hidden
@@ -160,15 +164,13 @@ class ConditionalHyCNN(ConditionalPotential):
                          condition_hidden)
 
 
+@doc_params(conditional_size=CONDITIONAL_SIZE_DOC)
 class ConditionalICNN(ConditionalPotential):
     """An ICNN in ``x`` for every condition ``c`` (the CondOT-style baseline).
 
     Parameters
     ----------
-    in_features
-        Dimension of ``x``.
-    condition_features
-        Length of the condition vector.
+    {conditional_size}
     hidden
         Layer widths of the ICNN.
     condition_hidden

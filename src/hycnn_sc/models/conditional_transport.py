@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -13,8 +14,9 @@ from torch import nn
 
 from .._validation import as_float_array, make_generator
 from ._convex_base import potential_gradient
-from ._estimator import DEPRECATED, MinimaxEstimator, renamed_state
-from ._minimax import MinimaxSettings, StackedSamples, train_minimax, warm_start
+from ._estimator import DEPRECATED, MinimaxEstimator
+from ._minimax import StackedSamples, train_minimax, warm_start
+from ._options import Auto, Potential, TauSchedule
 from ._selection import (
     MAX_SCORED_CELLS,
     SHRINKAGE_GRID,
@@ -25,6 +27,7 @@ from ._selection import (
 )
 from ._utils import check_hidden, resolve_device
 from .conditional import ConditionalHyCNN, ConditionalICNN, ConditionalPotential, ConditionEncoder
+from .gaussian import GaussianTransportMap
 from .transport import (
     DEFAULT_QUADRATIC,
     MIN_GROUP_POINTS,
@@ -200,7 +203,7 @@ class ConditionalTransportMap(MinimaxEstimator):
 
     def __init__(
         self,
-        model: str = "hycnn",
+        model: Potential = "hycnn",
         hidden: Sequence[int] | None = None,
         tau: float | None = None,
         condition_hidden: Sequence[int] = (64,),
@@ -213,13 +216,13 @@ class ConditionalTransportMap(MinimaxEstimator):
         lr_final_fraction: float = 0.01,
         lr_warmup_fraction: float = 0.1,
         betas: tuple[float, float] = (0.5, 0.9),
-        tau_schedule: str | None = None,
+        tau_schedule: TauSchedule | None = None,
         tau_final: float = 0.0,
         tau_cycles: int = 1,
-        warm_start: str | None = "gaussian",
+        warm_start: Literal["gaussian"] | None = "gaussian",
         warm_start_iters: int = 200,
-        shrinkage: float | Literal["auto"] = "auto",
-        residual: float | Literal["auto"] = "auto",
+        shrinkage: float | Auto = "auto",
+        residual: float | Auto = "auto",
         context_dropout: float = 0.2,
         combination_sep: str = "+",
         selection_fraction: float = 0.1,
@@ -236,6 +239,19 @@ class ConditionalTransportMap(MinimaxEstimator):
                 setattr(self, name, value)
 
     _positive_ints = ("n_iters", "inner_steps", "batch_size", "conditions_per_step", "embedding_dim")
+    _tuple_params: ClassVar[dict[str, type]] = {"hidden": int, "condition_hidden": int,
+                                                "betas": float}
+    _format = FORMAT
+    _format_version = FORMAT_VERSION
+    _fitted_scalars: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "in_features_": int, "scale_": float, "seed_": int, "n_params_": int,
+        "best_iteration_": int, "converged_": bool, "interrupted_": bool,
+        "residual_weight_": float, "residual_transfer_": float, "selection_": dict,
+    }
+    _fitted_attributes = (*_fitted_scalars, "conditions_", "singles_", "context_values_",
+                          "context_means_", "context_summaries_", "linear_", "shift_",
+                          "transfer_", "shrinkage_", "history_", "f_", "g_", "encoder_f_",
+                          "encoder_g_", "device_")
 
     def _validate_own(self) -> None:
         if len(self.condition_hidden):
@@ -318,36 +334,37 @@ class ConditionalTransportMap(MinimaxEstimator):
         device = resolve_device(self.device)
         generator, seed = make_generator(self.seed)
         rng = np.random.default_rng(seed)
-        arrays = _convert_pairs(sources, targets)
         context_keys = [c.context for c in conditions]
-        context_list = list(dict.fromkeys(context_keys))
-        means = {}
-        for k, key in enumerate(context_keys):
-            means.setdefault(key, arrays[k][0].mean(axis=0, dtype=np.float64))
-        # A control population shared by many conditions is transformed, split and sliced
-        # once (one array object), so memory does not grow with the number of conditions.
-        shared: dict[tuple[int, str], Any] = {}
-
-        def once(k: int, what: str, make):
-            key = (id(arrays[k][0]), what)
-            if key not in shared:
-                shared[key] = make()
-            return shared[key]
-
-        scale = _pooled_scale([(once(k, "centred", lambda k=k, c=key: arrays[k][0] - means[c]),
-                                arrays[k][1] - means[key]) for k, key in enumerate(context_keys)])
-        standard = [(once(k, "standard", lambda k=k, c=key: ((arrays[k][0] - means[c]) / scale)
-                          .astype(np.float32)),
-                     ((arrays[k][1] - means[key]) / scale).astype(np.float32))
-                    for k, key in enumerate(context_keys)]
-        summaries = {key: _summary(standard[context_keys.index(key)][0]) for key in context_list}
-        masks = [(once(k, "mask", lambda s=s: _held_mask(len(s), self._selection_fraction, rng)),
-                  _held_mask(len(t), self._selection_fraction, rng))
-                 for k, (s, t) in enumerate(standard)]
-
+        data = _standardise(_convert_pairs(sources, targets), context_keys,
+                            self._selection_fraction, rng)
         shrinkages = SHRINKAGE_GRID if self.shrinkage == "auto" else (float(self.shrinkage),)
-        linear_train, linear_all, chosen, record = [], [], [], {}
-        for (s, t), (held_s, held_t) in zip(standard, masks, strict=True):
+        linear_train = self._fit_linear_parts(data, shrinkages, rng)
+        self.singles_ = sorted({s for c in conditions for s in self.split_singles(c.perturbation)})
+        n_covariates = len(context_keys[0])
+        self.context_values_ = [sorted({key[j] for key in context_keys}) for j in range(n_covariates)]
+        self.conditions_ = conditions
+        self.scale_ = data.scale
+        self.context_means_ = data.means
+        self.context_summaries_ = data.summaries
+        self.in_features_ = data.standard[0][0].shape[1]
+        self.shift_ = np.stack([t.mean(axis=0) - s.mean(axis=0)
+                                for s, t in data.standard]).astype(np.float64)
+        self.transfer_ = self._transfer_parts(data.standard, shrinkages, rng)
+        self.seed_ = seed
+        self.device_ = str(device)
+        self._build(device, generator)
+        self._train_network(data, linear_train, device, generator, rng)
+        return self
+
+    def _fit_linear_parts(self, data: _Standardised, shrinkages: Sequence[float],
+                          rng: np.random.Generator) -> list[GaussianTransportMap]:
+        """Every condition's linear part, its shrinkage chosen on its held-out cells.
+
+        Sets ``linear_`` and ``shrinkage_`` (fitted on all cells); returns the linear parts
+        fitted on the training cells only (the warm start and the residual test use them).
+        """
+        linear_train, linear_all, chosen = [], [], []
+        for (s, t), (held_s, held_t) in zip(data.standard, data.masks, strict=True):
             _, gamma, _ = choose_linear(s, t, frames=("global",), shrinkages=shrinkages,
                                         source_labels=None, target_labels=None,
                                         held_source=held_s, held_target=held_t, rng=rng)
@@ -355,51 +372,24 @@ class ConditionalTransportMap(MinimaxEstimator):
             linear_all.append(fit_linear(s, t, gamma))
             train = (s[~held_s], t[~held_t])
             linear_train.append(fit_linear(*train, gamma) if min(map(len, train)) >= 2 else linear_all[-1])
-
-        self.singles_ = sorted({s for c in conditions for s in self.split_singles(c.perturbation)})
-        n_covariates = len(context_keys[0])
-        self.context_values_ = [sorted({key[j] for key in context_keys}) for j in range(n_covariates)]
-        self.conditions_ = conditions
-        self.scale_ = scale
-        self.context_means_ = {key: means[key] for key in context_list}
-        self.context_summaries_ = summaries
-        self.in_features_ = standard[0][0].shape[1]
         self.linear_ = [_affine(lin) for lin in linear_all]
         self.shrinkage_ = np.asarray(chosen, dtype=float)
-        self.shift_ = np.stack([t.mean(axis=0) - s.mean(axis=0) for s, t in standard]).astype(np.float64)
-        self.transfer_ = self._transfer_parts(standard, shrinkages, rng)
-        self.seed_ = seed
-        self.device_ = str(device)
-        self._build(device, generator)
+        return linear_train
 
+    def _train_network(self, data: _Standardised, linear_train: list[GaussianTransportMap],
+                       device: torch.device, generator: torch.Generator,
+                       rng: np.random.Generator) -> None:
+        """Warm start and minimax of the shared network; then ``λ`` for seen conditions and
+        for transfers (sets ``history_``, ``best_iteration_``, ``converged_``, ...)."""
         train_network = self.residual != 0
         withheld = self._withheld_conditions(rng) if train_network else []
         f, g = self._bound("f"), self._bound("g")
-        source = StackedSamples([once(k, "train", lambda s=s, m=m: s[~m[0]] if (~m[0]).sum() >= 2 else s)
-                                 for k, ((s, _), m) in enumerate(zip(standard, masks, strict=True))],
-                                device)
-        target = StackedSamples([t[~m[1]] if (~m[1]).sum() >= 2 else t
-                                 for (_, t), m in zip(standard, masks, strict=True)], device)
+        source, target, held, validation = data.training_samples(
+            device, self._selection_fraction > 0)
         draw = self._condition_sampler(f, g, source, target, generator, withheld)
         if train_network and self.warm_start == "gaussian" and self.warm_start_iters > 0:
             self._warm_start(f, g, source, target, draw, generator, linear_train)
-        held = [(once(k, "held", lambda s=s, m=m: s[m[0]] if m[0].sum() >= MIN_VALIDATION_POINTS else s),
-                 t[m[1]] if m[1].sum() >= MIN_VALIDATION_POINTS else t)
-                for k, ((s, t), m) in enumerate(zip(standard, masks, strict=True))]
-        validation = None
-        if self._selection_fraction > 0:
-            validation = (StackedSamples([once(k, "validation", lambda s=s: s[:MAX_VALIDATION_POINTS])
-                                          for k, (s, _) in enumerate(held)], device),
-                          [torch.as_tensor(t[:MAX_VALIDATION_POINTS], device=device) for _, t in held])
-        tau = self._resolved_tau()
-        settings = MinimaxSettings(
-            n_iters=self.n_iters if train_network else 0, inner_steps=self.inner_steps,
-            batch_size=self.batch_size, lr=self.lr, lr_final_fraction=self.lr_final_fraction,
-            lr_warmup_fraction=self.lr_warmup_fraction, betas=tuple(self.betas),
-            validation_every=self._selection_every or max(self.n_iters // 20, 1),
-            tau=tau if self.model == "hycnn" else None, tau_schedule=self.tau_schedule,
-            tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
-        )
+        settings = self._minimax_settings(self.n_iters, train_network)
         result = train_minimax(f, g, source, target, settings, generator, validation, draw)
         self.history_ = {name: values.mean(axis=1) if values.ndim == 2 else values
                          for name, values in result.history.items()}
@@ -412,15 +402,14 @@ class ConditionalTransportMap(MinimaxEstimator):
                 "The mean held-out energy distance over conditions was still improving beyond "
                 "its noise in the second half of training, so more training would likely still "
                 "help; consider increasing n_iters.",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning, stacklevel=3,
             )
-        self.selection_ = {"shrinkage_per_condition": [float(v) for v in chosen], **record}
-        trained = [k for k in range(n) if k not in withheld]
+        self.selection_ = {"shrinkage_per_condition": [float(v) for v in self.shrinkage_]}
+        trained = [k for k in range(len(self.conditions_)) if k not in withheld]
         self.residual_weight_ = self._choose_residual(
             [held[k] for k in trained], [linear_train[k] for k in trained], trained,
             train_network, rng)
-        self.residual_transfer_ = self._choose_transfer_residual(standard, withheld, rng)
-        return self
+        self.residual_transfer_ = self._choose_transfer_residual(data.standard, withheld, rng)
 
     def _withheld_conditions(self, rng: np.random.Generator) -> list[int]:
         """Conditions kept out of network training to choose ``λ`` for transfers.
@@ -645,12 +634,6 @@ class ConditionalTransportMap(MinimaxEstimator):
         return weight
 
     # ------------------------------------------------------------------ inference
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "f_"):
-            raise RuntimeError(
-                f"This {type(self).__name__} is not fitted yet: call fit(...) first (or load(path))."
-            )
-
     def condition(self, perturbation: str, context: Sequence[str] | None = None,
                   dose: float | None = None) -> Condition:
         """The :class:`Condition` of a query, checked against what was seen at fit time."""
@@ -779,9 +762,7 @@ class ConditionalTransportMap(MinimaxEstimator):
         return FixedConditionMap(self, self.condition(perturbation, context, dose))
 
     # ------------------------------------------------------------------ persistence
-    def get_state(self) -> dict[str, Any]:
-        """JSON-able metadata and numpy arrays that rebuild the fitted map (no pickles)."""
-        self._check_fitted()
+    def _state_arrays(self, fitted: dict[str, Any]) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}
         for prefix in ("f", "g"):
             for part, module in (("potential", getattr(self, f"{prefix}_")),
@@ -799,90 +780,44 @@ class ConditionalTransportMap(MinimaxEstimator):
         contexts = list(self.context_means_)
         arrays["context/means"] = np.stack([self.context_means_[c] for c in contexts])
         arrays["context/summaries"] = np.stack([self.context_summaries_[c] for c in contexts])
-        for name, value in self.history_.items():
-            arrays[f"history/{name}"] = np.asarray(value)
-        params = self._resolved_params()
-        params["hidden"] = list(self._resolved_hidden())
-        params["condition_hidden"] = list(params["condition_hidden"])
-        params["betas"] = list(params["betas"])
-        fitted = {
-            "conditions_": [[c.perturbation, list(c.context), c.dose] for c in self.conditions_],
-            "contexts_": [list(c) for c in contexts],
-            "singles_": self.singles_, "context_values_": self.context_values_,
-            "in_features_": self.in_features_, "scale_": self.scale_, "seed_": self.seed_,
-            "n_params_": self.n_params_, "best_iteration_": self.best_iteration_,
-            "converged_": self.converged_, "interrupted_": self.interrupted_,
-            "residual_weight_": self.residual_weight_, "selection_": self.selection_,
-            "residual_transfer_": self.residual_transfer_,
-            "tau_": self.f_.tau,
-            "transfer_": [[label, dose] for label, dose in transfer],
-        }
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "params": params,
-                "fitted": fitted, "arrays": arrays}
+        fitted.update(
+            conditions_=[[c.perturbation, list(c.context), c.dose] for c in self.conditions_],
+            contexts_=[list(c) for c in contexts], singles_=self.singles_,
+            context_values_=self.context_values_, tau_=self.f_.tau,
+            transfer_=[[label, dose] for label, dose in transfer],
+        )
+        return arrays
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any], *, device: str = "auto") -> ConditionalTransportMap:
-        """Rebuild a fitted map from :meth:`get_state` output."""
-        try:
-            if state["format"] != FORMAT:
-                raise ValueError(f"not a {FORMAT} state (format={state['format']!r})")
-            if int(state["format_version"]) > FORMAT_VERSION:
-                raise ValueError("written by a newer hycnn_sc; upgrade hycnn_sc")
-            params, fitted, arrays = dict(state["params"]), dict(state["fitted"]), state["arrays"]
-            params, arrays = renamed_state(params, arrays)
-            params["hidden"] = tuple(int(w) for w in params["hidden"])
-            params["condition_hidden"] = tuple(int(w) for w in params["condition_hidden"])
-            params["betas"] = tuple(float(b) for b in params["betas"])
-            params["device"] = device
-            cmap = cls(**params)
-            cmap._validate_params()
-            cmap.conditions_ = [Condition(str(p), tuple(str(v) for v in c),
-                                          None if d is None else float(d))
-                                for p, c, d in fitted["conditions_"]]
-            cmap.singles_ = [str(s) for s in fitted["singles_"]]
-            cmap.context_values_ = [[str(v) for v in values] for values in fitted["context_values_"]]
-            cmap.in_features_ = int(fitted["in_features_"])
-            cmap.scale_ = float(fitted["scale_"])
-            contexts = [tuple(str(v) for v in c) for c in fitted["contexts_"]]
-            means, summaries = np.asarray(arrays["context/means"]), np.asarray(arrays["context/summaries"])
-            cmap.context_means_ = {c: means[i].astype(np.float64) for i, c in enumerate(contexts)}
-            cmap.context_summaries_ = {c: summaries[i].astype(np.float32) for i, c in enumerate(contexts)}
-            matrices, offsets = np.asarray(arrays["linear/matrix"]), np.asarray(arrays["linear/offset"])
-            cmap.linear_ = [(matrices[k].astype(np.float64), offsets[k].astype(np.float64))
-                            for k in range(len(cmap.conditions_))]
-            cmap.shift_ = np.asarray(arrays["shift"], dtype=np.float64)
-            keys = [(str(label), None if dose is None else float(dose))
-                    for label, dose in fitted["transfer_"]]
-            cmap.transfer_ = {key: (np.asarray(arrays["transfer/matrix"][i], dtype=np.float64),
-                                    np.asarray(arrays["transfer/offset"][i], dtype=np.float64))
-                              for i, key in enumerate(keys)}
-            cmap.shrinkage_ = np.asarray(arrays["shrinkage"], dtype=float)
-            for name in ("seed_", "n_params_", "best_iteration_"):
-                setattr(cmap, name, int(fitted[name]))
-            cmap.converged_ = bool(fitted["converged_"])
-            cmap.interrupted_ = bool(fitted["interrupted_"])
-            cmap.residual_weight_ = float(fitted["residual_weight_"])
-            cmap.residual_transfer_ = float(fitted["residual_transfer_"])
-            cmap.selection_ = dict(fitted["selection_"])
-            cmap.history_ = {name[len("history/"):]: np.asarray(value)
-                             for name, value in arrays.items() if name.startswith("history/")}
-            resolved = resolve_device(device)
-            cmap._build(resolved, torch.Generator().manual_seed(0))
-            for prefix in ("f", "g"):
-                for part, module in (("potential", getattr(cmap, f"{prefix}_")),
-                                     ("encoder", getattr(cmap, f"encoder_{prefix}_"))):
-                    start = f"{prefix}/{part}/"
-                    module.load_state_dict({name[len(start):]: torch.as_tensor(np.asarray(value))
-                                            for name, value in arrays.items() if name.startswith(start)})
-                if fitted.get("tau_") is not None:
-                    getattr(cmap, f"{prefix}_").tau = float(fitted["tau_"])
-            cmap.device_ = str(resolved)
-        except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, IndexError) as error:
-            raise ValueError(
-                f"Cannot rebuild a ConditionalTransportMap from this state: {error}. It is "
-                "truncated, tampered with or was not written by hycnn_sc; refit the map."
-            ) from None
-        return cmap
+    def _restore(self, fitted: dict[str, Any], arrays: dict[str, Any],
+                 device: torch.device) -> None:
+        self.conditions_ = [Condition(str(p), tuple(str(v) for v in c),
+                                      None if d is None else float(d))
+                            for p, c, d in fitted["conditions_"]]
+        self.singles_ = [str(s) for s in fitted["singles_"]]
+        self.context_values_ = [[str(v) for v in values] for values in fitted["context_values_"]]
+        contexts = [tuple(str(v) for v in c) for c in fitted["contexts_"]]
+        means, summaries = np.asarray(arrays["context/means"]), np.asarray(arrays["context/summaries"])
+        self.context_means_ = {c: means[i].astype(np.float64) for i, c in enumerate(contexts)}
+        self.context_summaries_ = {c: summaries[i].astype(np.float32) for i, c in enumerate(contexts)}
+        matrices, offsets = np.asarray(arrays["linear/matrix"]), np.asarray(arrays["linear/offset"])
+        self.linear_ = [(matrices[k].astype(np.float64), offsets[k].astype(np.float64))
+                        for k in range(len(self.conditions_))]
+        self.shift_ = np.asarray(arrays["shift"], dtype=np.float64)
+        keys = [(str(label), None if dose is None else float(dose))
+                for label, dose in fitted["transfer_"]]
+        self.transfer_ = {key: (np.asarray(arrays["transfer/matrix"][i], dtype=np.float64),
+                                np.asarray(arrays["transfer/offset"][i], dtype=np.float64))
+                          for i, key in enumerate(keys)}
+        self.shrinkage_ = np.asarray(arrays["shrinkage"], dtype=float)
+        self._build(device, torch.Generator().manual_seed(0))
+        for prefix in ("f", "g"):
+            for part, module in (("potential", getattr(self, f"{prefix}_")),
+                                 ("encoder", getattr(self, f"encoder_{prefix}_"))):
+                start = f"{prefix}/{part}/"
+                module.load_state_dict({name[len(start):]: torch.as_tensor(np.asarray(value))
+                                        for name, value in arrays.items() if name.startswith(start)})
+            if fitted.get("tau_") is not None:
+                getattr(self, f"{prefix}_").tau = float(fitted["tau_"])
 
 
 class FixedConditionMap:
@@ -934,6 +869,79 @@ def _convert_pairs(sources, targets) -> list[tuple[np.ndarray, np.ndarray]]:
                 raise ValueError(f"{name}[{k}] needs at least 2 points, got {len(array)}.")
         pairs.append((s, t))
     return pairs
+
+
+class _SharedControls:
+    """Per-condition arrays derived from the controls, made once per control population.
+
+    A control population shared by many conditions (the same array object) is transformed,
+    split and sliced once, so memory does not grow with the number of conditions.
+    """
+
+    def __init__(self, sources: Sequence[np.ndarray]) -> None:
+        self._ids = [id(source) for source in sources]
+        self._made: dict[tuple[int, str], Any] = {}
+
+    def once(self, k: int, what: str, make: Callable[[], Any]) -> Any:
+        """``make()`` for condition ``k``'s controls, computed once per population and ``what``."""
+        key = (self._ids[k], what)
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
+
+@dataclass
+class _Standardised:
+    """All conditions' cells centred on their context's control mean, in one common scale,
+    with the held-out (selection) masks."""
+
+    standard: list[tuple[np.ndarray, np.ndarray]]
+    masks: list[tuple[np.ndarray, np.ndarray]]
+    means: dict[tuple[str, ...], np.ndarray]
+    summaries: dict[tuple[str, ...], np.ndarray]
+    scale: float
+    shared: _SharedControls
+
+    def training_samples(self, device: torch.device, select: bool):
+        """``(source, target, held, validation)``: training clouds, held-out pairs (the
+        training cells where too few were held out) and the validation data (None without
+        selection)."""
+        once, pairs = self.shared.once, list(zip(self.standard, self.masks, strict=True))
+        source = StackedSamples([once(k, "train", lambda s=s, m=m: s[~m[0]] if (~m[0]).sum() >= 2 else s)
+                                 for k, ((s, _), m) in enumerate(pairs)], device)
+        target = StackedSamples([t[~m[1]] if (~m[1]).sum() >= 2 else t for (_, t), m in pairs],
+                                device)
+        held = [(once(k, "held", lambda s=s, m=m: s[m[0]] if m[0].sum() >= MIN_VALIDATION_POINTS else s),
+                 t[m[1]] if m[1].sum() >= MIN_VALIDATION_POINTS else t)
+                for k, ((s, t), m) in enumerate(pairs)]
+        validation = None
+        if select:
+            validation = (StackedSamples([once(k, "validation", lambda s=s: s[:MAX_VALIDATION_POINTS])
+                                          for k, (s, _) in enumerate(held)], device),
+                          [torch.as_tensor(t[:MAX_VALIDATION_POINTS], device=device) for _, t in held])
+        return source, target, held, validation
+
+
+def _standardise(arrays: list[tuple[np.ndarray, np.ndarray]], context_keys: list[tuple[str, ...]],
+                 fraction: float, rng: np.random.Generator) -> _Standardised:
+    """Centre every pair on its context's control mean, scale all by one pooled scale, and
+    draw the held-out masks."""
+    shared = _SharedControls([source for source, _ in arrays])
+    once = shared.once
+    means: dict[tuple[str, ...], np.ndarray] = {}
+    for k, key in enumerate(context_keys):
+        means.setdefault(key, arrays[k][0].mean(axis=0, dtype=np.float64))
+    scale = _pooled_scale([(once(k, "centred", lambda k=k, c=key: arrays[k][0] - means[c]),
+                            arrays[k][1] - means[key]) for k, key in enumerate(context_keys)])
+    standard = [(once(k, "standard", lambda k=k, c=key: ((arrays[k][0] - means[c]) / scale)
+                      .astype(np.float32)),
+                 ((arrays[k][1] - means[key]) / scale).astype(np.float32))
+                for k, key in enumerate(context_keys)]
+    summaries = {key: _summary(standard[context_keys.index(key)][0]) for key in means}
+    masks = [(once(k, "mask", lambda s=s: _held_mask(len(s), fraction, rng)),
+              _held_mask(len(t), fraction, rng))
+             for k, (s, t) in enumerate(standard)]
+    return _Standardised(standard, masks, means, summaries, scale, shared)
 
 
 def _pooled_scale(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:

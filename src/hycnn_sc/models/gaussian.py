@@ -22,24 +22,16 @@ baseline every neural transport map should beat, and a warm start for one.
 All matrix roots use symmetric eigendecompositions in float64.
 """
 
+import warnings
 from typing import Any, Self
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 from .._validation import check_array, check_positive
-
-#: Covariance estimators of :class:`GaussianTransportMap`.
-COVARIANCES = ("empirical", "ledoit_wolf")
-
-_DICT_KEYS = (
-    "regularization",
-    "mean_source",
-    "mean_target",
-    "matrix",
-    "inverse_matrix",
-    "w2_squared",
-)
+from ._options import COVARIANCES, Covariance
 
 
 def _symmetrize(matrix: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -196,7 +188,7 @@ def _regularized_covariance(
     return cov
 
 
-class GaussianTransportMap:
+class GaussianTransportMap(BaseEstimator):
     """Closed-form W2 optimal transport map between Gaussian fits of two populations.
 
     ``fit`` estimates the mean and covariance of each population and stores the affine map
@@ -259,22 +251,22 @@ class GaussianTransportMap:
     True
     >>> np.allclose(gmap.inverse(moved), source)
     True
-    >>> restored = GaussianTransportMap.from_dict(gmap.to_dict())
+    >>> restored = GaussianTransportMap.from_state(gmap.get_state())
     >>> np.allclose(restored.transport(source), moved)
     True
     """
 
     def __init__(
-        self, regularization: float = 1e-6, shrinkage: float = 0.0, covariance: str = "empirical"
+        self, regularization: float = 1e-6, shrinkage: float = 0.0, covariance: Covariance = "empirical"
     ) -> None:
         self.regularization = regularization
         self.shrinkage = shrinkage
         self.covariance = covariance
 
-    def __repr__(self) -> str:
-        extra = "" if self.shrinkage == 0 else f", shrinkage={self.shrinkage!r}"
-        extra += "" if self.covariance == "empirical" else f", covariance={self.covariance!r}"
-        return f"{type(self).__name__}(regularization={self.regularization!r}{extra})"
+    #: Fitted arrays, stored by :meth:`get_state` under their names without the ``_``.
+    _fitted_arrays = ("mean_source_", "mean_target_", "matrix_", "inverse_matrix_")
+    #: Every fitted attribute.
+    _fitted_attributes = (*_fitted_arrays, "w2_squared_", "n_features_in_")
 
     def fit(self, source: ArrayLike, target: ArrayLike) -> Self:
         """Estimate means and covariances of both populations and the map between them.
@@ -324,19 +316,14 @@ class GaussianTransportMap:
         mean1 = x1.mean(axis=0, dtype=np.float64)
         w2 = float(np.sum((mean0 - mean1) ** 2) + np.trace(cov0) + np.trace(cov1) - 2 * cross_trace)
 
-        self.mean_source_ = mean0
-        self.mean_target_ = mean1
-        self.matrix_ = matrix
-        self.inverse_matrix_ = inverse_matrix
-        self.w2_squared_ = max(w2, 0.0)
-        self.n_features_in_ = int(x0.shape[1])
+        fitted = (mean0, mean1, matrix, inverse_matrix, max(w2, 0.0), int(x0.shape[1]))
+        for name, value in zip(self._fitted_attributes, fitted, strict=True):
+            setattr(self, name, value)
         return self
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "matrix_"):
-            raise RuntimeError(
-                f"This {type(self).__name__} is not fitted yet; call fit(source, target) first."
-            )
+        check_is_fitted(self, self._fitted_attributes,
+                        msg="This %(name)s is not fitted yet; call fit(source, target) first.")
 
     def _apply(
         self, data: ArrayLike, name: str, shift_in: NDArray, matrix: NDArray, shift_out: NDArray
@@ -395,21 +382,21 @@ class GaussianTransportMap:
         self._check_fitted()
         return self._apply(y, "y", self.mean_target_, self.inverse_matrix_, self.mean_source_)
 
-    def to_dict(self) -> dict[str, Any]:
+    def get_state(self) -> dict[str, Any]:
         """Fitted state as plain numpy arrays and floats (storable in ``AnnData.uns``).
 
         Returns
         -------
         dict
-            Keys ``regularization``, ``w2_squared`` (floats) and ``mean_source``,
-            ``mean_target`` (``(d,)``), ``matrix``, ``inverse_matrix`` (``(d, d)``) float64
-            arrays. The arrays are copies.
+            Keys ``regularization``, ``shrinkage``, ``w2_squared`` (floats), ``covariance``
+            and ``mean_source``, ``mean_target`` (``(d,)``), ``matrix``, ``inverse_matrix``
+            (``(d, d)``) float64 arrays. The arrays are copies.
 
         Examples
         --------
         >>> import numpy as np
         >>> rng = np.random.default_rng(4)
-        >>> state = GaussianTransportMap().fit(rng.normal(size=(30, 2)), rng.normal(size=(30, 2))).to_dict()
+        >>> state = GaussianTransportMap().fit(rng.normal(size=(30, 2)), rng.normal(size=(30, 2))).get_state()
         >>> sorted(state)  # doctest: +NORMALIZE_WHITESPACE
         ['covariance', 'inverse_matrix', 'matrix', 'mean_source', 'mean_target', 'regularization',
          'shrinkage', 'w2_squared']
@@ -419,21 +406,18 @@ class GaussianTransportMap:
             "regularization": float(self.regularization),
             "shrinkage": float(self.shrinkage),
             "covariance": str(self.covariance),
-            "mean_source": self.mean_source_.copy(),
-            "mean_target": self.mean_target_.copy(),
-            "matrix": self.matrix_.copy(),
-            "inverse_matrix": self.inverse_matrix_.copy(),
+            **{name[:-1]: getattr(self, name).copy() for name in self._fitted_arrays},
             "w2_squared": float(self.w2_squared_),
         }
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> Self:
-        """Rebuild a fitted map from :meth:`to_dict` output (no pickling involved).
+    def from_state(cls, state: dict[str, Any]) -> Self:
+        """Rebuild a fitted map from :meth:`get_state` output (no pickling involved).
 
         Parameters
         ----------
         state
-            Mapping with the keys written by :meth:`to_dict`; values may be numpy scalars or
+            Mapping with the keys written by :meth:`get_state`; values may be numpy scalars or
             arrays as read back from an ``.h5ad`` file.
 
         Returns
@@ -446,25 +430,20 @@ class GaussianTransportMap:
         >>> import numpy as np
         >>> rng = np.random.default_rng(5)
         >>> gmap = GaussianTransportMap().fit(rng.normal(size=(30, 2)), rng.normal(size=(30, 2)))
-        >>> GaussianTransportMap.from_dict(gmap.to_dict()).w2_squared_ == gmap.w2_squared_
+        >>> GaussianTransportMap.from_state(gmap.get_state()).w2_squared_ == gmap.w2_squared_
         True
         """
-        missing = [key for key in _DICT_KEYS if key not in state]
+        required = ("regularization", *(name[:-1] for name in cls._fitted_arrays), "w2_squared")
+        missing = [key for key in required if key not in state]
         if missing:
             raise ValueError(
-                f"Cannot rebuild {cls.__name__}: missing keys {missing}; pass the dict written by to_dict()."
+                f"Cannot rebuild {cls.__name__}: missing keys {missing}; pass the dict written by "
+                "get_state()."
             )
-        mean_source = np.array(state["mean_source"], dtype=np.float64)
-        mean_target = np.array(state["mean_target"], dtype=np.float64)
-        matrix = np.array(state["matrix"], dtype=np.float64)
-        inverse_matrix = np.array(state["inverse_matrix"], dtype=np.float64)
+        arrays = [np.array(state[name[:-1]], dtype=np.float64) for name in cls._fitted_arrays]
+        mean_source, mean_target, matrix, inverse_matrix = arrays
         d = mean_source.shape[0] if mean_source.ndim == 1 else -1
-        if (
-            d < 1
-            or mean_target.shape != (d,)
-            or matrix.shape != (d, d)
-            or inverse_matrix.shape != (d, d)
-        ):
+        if d < 1 or [a.shape for a in arrays] != [(d,), (d,), (d, d), (d, d)]:
             raise ValueError(
                 f"Inconsistent shapes in state: mean_source {mean_source.shape}, mean_target "
                 f"{mean_target.shape}, matrix {matrix.shape}, inverse_matrix {inverse_matrix.shape}; "
@@ -475,10 +454,20 @@ class GaussianTransportMap:
             shrinkage=float(state.get("shrinkage", 0.0)),
             covariance=str(state.get("covariance", "empirical")),
         )
-        model.mean_source_ = mean_source
-        model.mean_target_ = mean_target
-        model.matrix_ = matrix
-        model.inverse_matrix_ = inverse_matrix
-        model.w2_squared_ = float(state["w2_squared"])
-        model.n_features_in_ = d
+        for name, value in zip(model._fitted_attributes,
+                               (*arrays, float(state["w2_squared"]), d), strict=True):
+            setattr(model, name, value)
         return model
+
+    def to_dict(self) -> dict[str, Any]:
+        """Deprecated name of :meth:`get_state` (removed in the next release)."""
+        warnings.warn("GaussianTransportMap.to_dict is deprecated; use get_state (same output).",
+                      FutureWarning, stacklevel=2)
+        return self.get_state()
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> Self:
+        """Deprecated name of :meth:`from_state` (removed in the next release)."""
+        warnings.warn("GaussianTransportMap.from_dict is deprecated; use from_state (same input).",
+                      FutureWarning, stacklevel=2)
+        return cls.from_state(state)

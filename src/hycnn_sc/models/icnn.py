@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ._convex_base import ConvexPotential
+from .._docs import doc_params
+from ._convex_base import POTENTIAL_SIZE_DOC, ConvexPotential
+from ._options import Activation
 
 #: Slope of ``leaky_relu`` for negative inputs (as in Makkuva et al. 2020 and CellOT).
 NEGATIVE_SLOPE = 0.2
@@ -19,6 +21,7 @@ _ACTIVATIONS = {
 }
 
 
+@doc_params(potential_size=POTENTIAL_SIZE_DOC)
 class ICNN(ConvexPotential):
     """Input Convex Neural Network ``z_{l+1} = σ(W_l z_l + A_l x + b_l)``, ``W_l ≥ 0``.
 
@@ -36,10 +39,7 @@ class ICNN(ConvexPotential):
 
     Parameters
     ----------
-    in_features
-        Input dimension ``d``.
-    hidden
-        Width of each hidden layer.
+    {potential_size}
     activation
         ``"relu"``, ``"softplus"`` or ``"leaky_relu"`` (all convex and non-decreasing).
     quadratic
@@ -62,7 +62,7 @@ class ICNN(ConvexPotential):
         self,
         in_features: int,
         hidden: Sequence[int] = (64, 64, 64, 64),
-        activation: str = "relu",
+        activation: Activation = "relu",
         quadratic: bool = False,
         *,
         zero_skip_init: bool = False,

@@ -13,12 +13,10 @@ from tqdm.auto import tqdm
 from .._validation import check_positive, make_generator
 from ._convex_base import potential_gradient
 from ._factory import DEFAULT_HIDDEN, build_potential, check_model_name
+from ._options import LR_SCHEDULES, REGRESSOR_MODELS, LRSchedule, RegressorModel, TauSchedule
 from ._utils import check_hidden, resolve_device
 from .mlp import MLP
 from .schedules import check_tau_schedule, cosine_factor, tau_at
-
-MODELS = ("hycnn", "icnn", "mlp")
-LR_SCHEDULES = ("cosine", None)
 
 
 def _dense_float32(X) -> np.ndarray:
@@ -83,17 +81,17 @@ class ConvexRegressor(RegressorMixin, BaseEstimator):
 
     def __init__(
         self,
-        model: str = "hycnn",
+        model: RegressorModel = "hycnn",
         hidden: Sequence[int] | None = None,
         tau: float = 0.0,
-        tau_schedule: str | None = None,
+        tau_schedule: TauSchedule | None = None,
         tau_final: float = 0.0,
         tau_cycles: int = 1,
         epochs: int = 100,
         lr: float = 1e-2,
         batch_size: int = 1000,
         weight_decay: float = 0.0,
-        lr_schedule: str | None = "cosine",
+        lr_schedule: LRSchedule | None = "cosine",
         network_kwargs: dict | None = None,
         device: str = "auto",
         seed: int | None = None,
@@ -115,13 +113,17 @@ class ConvexRegressor(RegressorMixin, BaseEstimator):
         self.seed = seed
         self.progress = progress
 
+    #: Every fitted attribute (``n_features_in_`` is set by sklearn's ``validate_data``).
+    _fitted_attributes = ("network_", "history_", "n_params_", "n_features_in_", "seed_",
+                          "x_mean_", "x_scale_", "y_mean_", "y_scale_")
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True  # accepted and densified (the networks are dense)
         return tags
 
     def _validate_params(self) -> tuple[int, ...]:
-        check_model_name(self.model, MODELS)
+        check_model_name(self.model, REGRESSOR_MODELS)
         hidden = check_hidden(DEFAULT_HIDDEN[self.model] if self.hidden is None else self.hidden)
         check_positive(self.tau, "tau", allow_zero=True)
         check_tau_schedule(self.tau_schedule, self.tau, self.tau_final, self.tau_cycles)
@@ -197,7 +199,7 @@ class ConvexRegressor(RegressorMixin, BaseEstimator):
         return self
 
     def _standardised(self, X) -> torch.Tensor:
-        check_is_fitted(self, "network_")
+        check_is_fitted(self, self._fitted_attributes)
         X = _dense_float32(validate_data(self, X, reset=False, accept_sparse=True,
                                          dtype=[np.float32, np.float64]))
         device = next(self.network_.parameters()).device

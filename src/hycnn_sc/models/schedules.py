@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-TAU_SCHEDULES = (None, "constant", "cosine", "cosine_restarts")
+from ._options import TAU_SCHEDULES, TauSchedule
 
 
-def check_tau_schedule(schedule: str | None, tau: float, tau_final: float, cycles: int) -> None:
+def check_tau_schedule(schedule: TauSchedule | None, tau: float, tau_final: float, cycles: int) -> None:
     """Validate tau-schedule arguments, raising a ValueError that names the bad one."""
     if schedule not in TAU_SCHEDULES:
         raise ValueError(f"Unknown tau_schedule {schedule!r}; choose one of {TAU_SCHEDULES}.")
@@ -18,7 +18,7 @@ def check_tau_schedule(schedule: str | None, tau: float, tau_final: float, cycle
 
 
 def tau_at(
-    step: int, n_steps: int, *, tau: float, schedule: str | None, tau_final: float = 0.0, cycles: int = 1
+    step: int, n_steps: int, *, tau: float, schedule: TauSchedule | None, tau_final: float = 0.0, cycles: int = 1
 ) -> float:
     """Gate temperature at ``step`` of ``n_steps``.
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from .._validation import as_float_array, check_positive, make_generator
 from ._convex_base import ConvexPotential, potential_gradient
-from ._estimator import DEPRECATED, MinimaxEstimator, renamed_state
+from ._estimator import DEPRECATED, MinimaxEstimator
 from ._factory import build_potential
-from ._minimax import MinimaxSettings, StackedSamples, train_in_cycles, train_minimax, warm_start
+from ._minimax import StackedSamples, train_in_cycles, train_minimax, warm_start
+from ._options import FRAME_OPTIONS, WARM_STARTS, Auto, Frame, Potential, TauSchedule, WarmStart
 from ._selection import (
     FRAMES,
     LINEAR_RIDGE,
@@ -36,7 +38,6 @@ from .objectives import dual_w2_squared
 FORMAT = "hycnn_sc.TransportMap"
 #: 2: linear part, residual weight, frame and group means (hycnn_sc 0.2).
 FORMAT_VERSION = 2
-WARM_STARTS = ("gaussian", "identity", None)
 #: Fewest held-out points per side for validation; smaller data train without validation.
 MIN_VALIDATION_POINTS = 8
 #: Most held-out points per side used for the validation energy distance.
@@ -227,24 +228,24 @@ class TransportMap(MinimaxEstimator):
 
     def __init__(
         self,
-        model: str = "hycnn",
+        model: Potential = "hycnn",
         hidden: Sequence[int] | None = None,
         tau: float | None = None,
-        n_iters: int | Literal["auto"] = "auto",
+        n_iters: int | Auto = "auto",
         inner_steps: int = 2,
         batch_size: int = 256,
         lr: float = 3e-3,
         lr_final_fraction: float = 0.01,
         lr_warmup_fraction: float = 0.1,
         betas: tuple[float, float] = (0.5, 0.9),
-        tau_schedule: str | None = None,
+        tau_schedule: TauSchedule | None = None,
         tau_final: float = 0.0,
         tau_cycles: int = 1,
-        warm_start: str | None = "gaussian",
+        warm_start: WarmStart | None = "gaussian",
         warm_start_iters: int = 200,
-        shrinkage: float | Literal["auto"] = "auto",
-        residual: float | Literal["auto"] = "auto",
-        frame: Literal["auto", "global", "group", "within"] = "auto",
+        shrinkage: float | Auto = "auto",
+        residual: float | Auto = "auto",
+        frame: Frame = "auto",
         selection_fraction: float = 0.1,
         selection_every: int | None = None,
         network_kwargs: dict[str, Any] | None = None,
@@ -282,6 +283,16 @@ class TransportMap(MinimaxEstimator):
         self.validation_every = validation_every
 
     _auto_budget = True
+    _format = FORMAT
+    _format_version = FORMAT_VERSION
+    _fitted_scalars: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "in_features_": int, "scale_": float, "seed_": int, "n_params_": int,
+        "best_iteration_": int, "converged_": bool, "interrupted_": bool,
+        "nonfinite_recoveries_": int, "w2_squared_": float, "frame_": str, "shrinkage_": float,
+        "residual_weight_": float, "selection_": dict,
+    }
+    _fitted_attributes = (*_fitted_scalars, "f_", "g_", "center_", "history_", "linear_",
+                          "group_means_", "device_")
 
     def _validate_own(self) -> None:
         if self.tau_schedule is not None and self.n_iters == "auto":
@@ -291,7 +302,7 @@ class TransportMap(MinimaxEstimator):
             )
         if self.warm_start not in WARM_STARTS:
             raise ValueError(f"Unknown warm_start {self.warm_start!r}; choose one of {WARM_STARTS}.")
-        if self.frame not in ("auto", *FRAMES):
+        if self.frame not in FRAME_OPTIONS:
             raise ValueError(
                 f"Unknown frame {self.frame!r}; choose 'auto', 'global', 'group' or 'within'."
             )
@@ -314,9 +325,9 @@ class TransportMap(MinimaxEstimator):
         -------
         self
         """
-        fitted = type(self).fit_many([source], [target], source_groups=[source_groups],
-                                     target_groups=[target_groups], **self.get_params())[0]
-        self.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+        self._validate_params()
+        pairs = self._check_fit_pairs([source], [target], [source_groups], [target_groups])
+        self._set_fitted(self._fit_pairs(pairs, stacklevel=3)[0])
         return self
 
     @classmethod
@@ -351,21 +362,31 @@ class TransportMap(MinimaxEstimator):
         """
         template = cls(**params)
         template._validate_params()
+        pairs = template._check_fit_pairs(sources, targets, source_groups, target_groups)
+        maps = []
+        for fitted in template._fit_pairs(pairs, stacklevel=3):
+            tmap = clone(template)
+            tmap._set_fitted(fitted)
+            maps.append(tmap)
+        return maps
+
+    def _check_fit_pairs(self, sources, targets, source_groups, target_groups) -> list[_Pair]:
+        """The training pairs, checked, and checked against ``frame``."""
         if len(sources) != len(targets) or len(sources) == 0:
             raise ValueError(
                 f"sources and targets must be equally long, non-empty lists; got {len(sources)} "
                 f"and {len(targets)}."
             )
         pairs = _check_pairs(sources, targets, source_groups, target_groups)
-        if template.frame in ("group", "within") and any(len(paired_groups(p.source_labels, p.target_labels)) < 2
-                                              if p.source_labels is not None else True
-                                              for p in pairs):
+        if self.frame in ("group", "within") and any(
+                p.source_labels is None or len(paired_groups(p.source_labels, p.target_labels)) < 2
+                for p in pairs):
             raise ValueError(
-                f"frame={template.frame!r} needs group labels (source_groups and target_groups) "
+                f"frame={self.frame!r} needs group labels (source_groups and target_groups) "
                 "with at least two groups present on both sides; pass them, or use frame='auto' "
                 "or 'global'."
             )
-        return template._fit_stacked(pairs)
+        return pairs
 
     def _budget(self, prepared: list[_Prepared], use_validation: bool) -> tuple[int, int | None]:
         """``(iterations of one schedule, cap of the cycles or None)`` from ``n_iters``."""
@@ -378,23 +399,17 @@ class TransportMap(MinimaxEstimator):
                           AUTO_MIN_ITERS, AUTO_MAX_ITERS))
         return AUTO_FIRST_CYCLE, cap
 
-    def _fit_stacked(self, pairs: list[_Pair]) -> list[TransportMap]:
+    def _fit_pairs(self, pairs: list[_Pair], stacklevel: int) -> list[dict[str, Any]]:
+        """Fit one map per pair, stacked: the fitted attributes of each (``_fitted_attributes``).
+
+        ``stacklevel`` is that of the public caller, for the not-converged warning.
+        """
         device = resolve_device(self.device)
         generator, seed = make_generator(self.seed)
         rng = np.random.default_rng(seed)
-        in_features = pairs[0].source.shape[1]
         prepared = [self._prepare(pair, rng) for pair in pairs]
-        n_models = len(pairs)
-        hidden, tau = self._resolved_hidden(), self._resolved_tau()
-        potentials = []
-        for _ in range(2):
-            potential = build_potential(
-                self.model, in_features, hidden, tau=tau, n_models=n_models,
-                network_kwargs=_network_kwargs(self),
-            )
-            potential.reset_parameters(generator)
-            potentials.append(potential.to(device))
-        f, g = potentials
+        f, g = (self._stacked_potential(pairs[0].source.shape[1], len(pairs), generator, device)
+                for _ in range(2))
         source_samples = StackedSamples([p.train_source for p in prepared], device)
         target_samples = StackedSamples([p.train_target for p in prepared], device)
         # No training when no map can keep its network: residual=0, or held-out groups too few
@@ -404,7 +419,6 @@ class TransportMap(MinimaxEstimator):
         if train_network:
             self._warm_start(f, g, source_samples, target_samples, generator,
                              [p.linear_train for p in prepared])
-
         # Each map selects its best iterate (and its residual weight) on its held-out points; a
         # map whose held-out share is too small (a small stratum) falls back to its training
         # points rather than switching selection off for every stacked map.
@@ -416,70 +430,76 @@ class TransportMap(MinimaxEstimator):
                 StackedSamples([src[:MAX_VALIDATION_POINTS] for src, _ in chosen], device),
                 [torch.as_tensor(tgt[:MAX_VALIDATION_POINTS], device=device) for _, tgt in chosen],
             )
-        n_iters, cap = self._budget(prepared, use_validation)
-        settings = MinimaxSettings(
-            n_iters=n_iters if train_network else 0, inner_steps=self.inner_steps,
-            batch_size=self.batch_size, lr=self.lr, lr_final_fraction=self.lr_final_fraction,
-            lr_warmup_fraction=self.lr_warmup_fraction, betas=tuple(self.betas),
-            validation_every=self._selection_every or max(n_iters // 20, 1),
-            tau=tau if self.model == "hycnn" else None, tau_schedule=self.tau_schedule,
-            tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
-        )
-        if cap is not None and train_network:
-            result = train_in_cycles(f, g, source_samples, target_samples, settings, generator,
-                                     validation, first_cycle=n_iters, max_iters=cap,
-                                     validation_every=self._selection_every)
-        else:
-            result = train_minimax(f, g, source_samples, target_samples, settings, generator,
-                                   validation)
-        if train_network and use_validation and not result.converged.all():
-            advice = (f"the cap of {cap} iterations stopped it; pass a larger integer n_iters"
-                      if cap is not None else "use n_iters='auto' or a larger n_iters")
-            warnings.warn(
-                f"{int((~result.converged).sum())} of {n_models} transport map(s) had not converged: "
-                f"the held-out energy distance was still improving beyond its noise after "
-                f"{result.iterations_run} iterations, so more training would likely still help; "
-                f"{advice}.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        result = self._train(f, g, source_samples, target_samples, generator, validation,
+                             prepared, train_network, stacklevel + 1)
         evaluation = chosen if use_validation else [(p.train_source, p.train_target) for p in prepared]
-        w2 = np.full(n_models, math.nan)  # the semi-dual estimate needs trained potentials
+        w2 = np.full(len(pairs), math.nan)  # the semi-dual estimate needs trained potentials
         if train_network:
             w2 = dual_w2_squared(
                 f, g,
                 StackedSamples([src for src, _ in evaluation], device).padded(),
                 StackedSamples([tgt for _, tgt in evaluation], device).padded(),
             ).detach().cpu().numpy()
+        return [self._fitted_map(k, prep, f, g, result, float(w2[k]), seed, device, rng)
+                for k, prep in enumerate(prepared)]
 
-        maps = []
-        for k, prep in enumerate(prepared):
-            fitted = type(self)(**self.get_params())
-            fitted.f_ = _select_model(f, k, self, in_features, hidden)
-            fitted.g_ = _select_model(g, k, self, in_features, hidden)
-            fitted.center_ = prep.center
-            fitted.scale_ = prep.scale
-            fitted.in_features_ = in_features
-            fitted.seed_ = seed
-            fitted.n_params_ = f.n_params
-            fitted.best_iteration_ = int(result.best_iteration[k])
-            fitted.converged_ = bool(result.converged[k])
-            fitted.interrupted_ = bool(result.interrupted)
-            fitted.nonfinite_recoveries_ = int(result.nonfinite_recoveries)
-            fitted.w2_squared_ = float(w2[k]) * prep.scale**2
-            fitted.history_ = {
-                name: values[:, k] if values.ndim == 2 else values
-                for name, values in result.history.items()
-            }
-            fitted.device_ = str(device)
-            fitted.frame_ = prep.frame
-            fitted.shrinkage_ = prep.shrinkage
-            fitted.group_means_ = prep.means
-            fitted.linear_ = prep.linear_all
-            fitted.selection_ = dict(prep.record)
-            fitted.residual_weight_ = self._choose_residual(fitted, prep, rng)
-            maps.append(fitted)
-        return maps
+    def _stacked_potential(self, in_features: int, n_models: int, generator: torch.Generator,
+                           device: torch.device) -> ConvexPotential:
+        """``n_models`` potentials stacked along a model axis, seeded from ``generator``."""
+        potential = build_potential(
+            self.model, in_features, self._resolved_hidden(), tau=self._resolved_tau(),
+            n_models=n_models, network_kwargs=_network_kwargs(self),
+        )
+        potential.reset_parameters(generator)
+        return potential.to(device)
+
+    def _train(self, f, g, source: StackedSamples, target: StackedSamples, generator,
+               validation, prepared: list[_Prepared], train_network: bool, stacklevel: int):
+        """The minimax (cycles for ``n_iters="auto"``); warns when maps had not converged."""
+        use_validation = validation is not None
+        n_iters, cap = self._budget(prepared, use_validation)
+        settings = self._minimax_settings(n_iters, train_network)
+        if cap is not None and train_network:
+            result = train_in_cycles(f, g, source, target, settings, generator, validation,
+                                     first_cycle=n_iters, max_iters=cap,
+                                     validation_every=self._selection_every)
+        else:
+            result = train_minimax(f, g, source, target, settings, generator, validation)
+        if train_network and use_validation and not result.converged.all():
+            advice = (f"the cap of {cap} iterations stopped it; pass a larger integer n_iters"
+                      if cap is not None else "use n_iters='auto' or a larger n_iters")
+            warnings.warn(
+                f"{int((~result.converged).sum())} of {len(prepared)} transport map(s) had not "
+                f"converged: the held-out energy distance was still improving beyond its noise "
+                f"after {result.iterations_run} iterations, so more training would likely still "
+                f"help; {advice}.",
+                RuntimeWarning,
+                stacklevel=stacklevel,
+            )
+        return result
+
+    def _fitted_map(self, k: int, prep: _Prepared, f, g, result, w2: float, seed: int,
+                    device: torch.device, rng: np.random.Generator) -> dict[str, Any]:
+        """The fitted attributes of map ``k`` of the stack (its residual weight chosen here)."""
+        in_features, hidden = prep.center.shape[0], self._resolved_hidden()
+        fitted = {
+            "f_": _select_model(f, k, self, in_features, hidden),
+            "g_": _select_model(g, k, self, in_features, hidden),
+            "center_": prep.center, "scale_": prep.scale, "in_features_": in_features,
+            "seed_": seed, "n_params_": f.n_params,
+            "best_iteration_": int(result.best_iteration[k]),
+            "converged_": bool(result.converged[k]), "interrupted_": bool(result.interrupted),
+            "nonfinite_recoveries_": int(result.nonfinite_recoveries),
+            "w2_squared_": w2 * prep.scale**2,
+            "history_": {name: values[:, k] if values.ndim == 2 else values
+                         for name, values in result.history.items()},
+            "device_": str(device), "frame_": prep.frame, "shrinkage_": prep.shrinkage,
+            "group_means_": prep.means, "linear_": prep.linear_all,
+            "selection_": dict(prep.record),
+        }
+        fitted["residual_weight_"] = self._choose_residual(fitted["f_"], fitted["selection_"],
+                                                           prep, rng)
+        return fitted
 
     def _prepare(self, pair: _Pair, rng: np.random.Generator) -> _Prepared:
         """Frame, shrinkage, standardisation, selection split and linear part of one map."""
@@ -532,9 +552,10 @@ class TransportMap(MinimaxEstimator):
                     **record},
         )
 
-    def _choose_residual(self, fitted: TransportMap, prep: _Prepared,
+    def _choose_residual(self, f: ConvexPotential, selection: dict[str, Any], prep: _Prepared,
                          rng: np.random.Generator) -> float:
-        """``λ`` of the network (a fixed ``residual``, or chosen on the held-out cells)."""
+        """``λ`` of the network ``f`` (a fixed ``residual``, or chosen on the held-out cells);
+        the scores behind the choice are added to ``selection``."""
         if self.residual != "auto":
             return float(self.residual)
         held_source, held_target = prep.scoring_pair()
@@ -548,17 +569,17 @@ class TransportMap(MinimaxEstimator):
         # Both maps scored in standardised units; the linear one fitted without these cells.
         linear = prep.linear_train.transport(held_source.astype(np.float64))
         network = potential_gradient(
-            fitted.f_, torch.as_tensor(held_source, device=next(fitted.f_.parameters()).device)
+            f, torch.as_tensor(held_source, device=next(f.parameters()).device)
         ).detach().cpu().numpy().astype(np.float64)
         if not prep.network_selectable():
-            fitted.selection_["residual_note"] = (
+            selection["residual_note"] = (
                 "fitted with groups" if prep.record["groups_held_out"]
                 else f"fewer than {MIN_RESIDUAL_CELLS} held-out points a side"
             ) + ": the linear part is kept (set residual= to use the network)"
             return 0.0
         weight, record = choose_residual(linear, network, held_target.astype(np.float64), rng,
                                          *labels)
-        fitted.selection_.update(record)
+        selection.update(record)
         return weight
 
     def _warm_start(self, f, g, source: StackedSamples, target: StackedSamples, generator,
@@ -599,13 +620,6 @@ class TransportMap(MinimaxEstimator):
         warm_start(g, target, backward, **options)
 
     # ------------------------------------------------------------------ inference
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "f_"):
-            raise RuntimeError(
-                f"This {type(self).__name__} is not fitted yet: call fit(source, target) first "
-                "(or TransportMap.load(path))."
-            )
-
     def _frame_offsets(self, array: np.ndarray, groups, name: str, side: str) -> np.ndarray | None:
         """Per-row group means to subtract in the ``"group"`` frame (None in the global frame).
 
@@ -719,113 +733,54 @@ class TransportMap(MinimaxEstimator):
         return float(dual_w2_squared(self.f_, self.g_, *tensors)) * self.scale_**2
 
     # ------------------------------------------------------------------ persistence
-    def get_state(self) -> dict[str, Any]:
-        """Everything needed to rebuild the fitted map: JSON-able metadata and numpy arrays.
-
-        ``{"format", "format_version", "params", "fitted", "arrays"}``; ``arrays`` maps
-        ``"f/<name>"``, ``"g/<name>"``, ``"center"`` and ``"history/<name>"`` to ndarrays.
-        Used by :meth:`save` and by :func:`hycnn_sc.tl.fit_transport` (AnnData storage).
-        """
-        self._check_fitted()
+    def _state_arrays(self, fitted: dict[str, Any]) -> dict[str, np.ndarray]:
         arrays = {"center": np.asarray(self.center_, dtype=np.float32)}
         for prefix, potential in (("f", self.f_), ("g", self.g_)):
             for name, value in potential.state_dict().items():
                 arrays[f"{prefix}/{name}"] = value.detach().cpu().numpy()
-        for name, value in self.history_.items():
-            arrays[f"history/{name}"] = np.asarray(value)
-        for name, value in self.linear_.to_dict().items():
+        for name, value in self.linear_.get_state().items():
             if isinstance(value, np.ndarray):
                 arrays[f"linear/{name}"] = value
         labels = sorted(self.group_means_)
         if labels:
             arrays["group_means/values"] = np.stack([self.group_means_[k] for k in labels])
-        params = self._resolved_params()
-        params["hidden"] = list(self._resolved_hidden())
-        params["betas"] = list(params["betas"])
-        fitted = {
-            name: getattr(self, name)
-            for name in ("in_features_", "scale_", "seed_", "n_params_", "best_iteration_",
-                         "converged_", "interrupted_", "nonfinite_recoveries_", "w2_squared_")
-        }
-        fitted["tau_"] = getattr(self.f_, "tau", None)
-        fitted.update(frame_=self.frame_, shrinkage_=float(self.shrinkage_),
-                      residual_weight_=float(self.residual_weight_), group_labels_=labels,
-                      selection_=self.selection_)
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "params": params,
-                "fitted": fitted, "arrays": arrays}
+        fitted.update(tau_=getattr(self.f_, "tau", None), group_labels_=labels)
+        return arrays
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any], *, device: str = "auto") -> TransportMap:
-        """Rebuild a fitted map from :meth:`get_state` output (no retraining, no pickles)."""
-        try:
-            if state["format"] != FORMAT:
-                raise ValueError(f"not a {FORMAT} state (format={state['format']!r})")
-            if int(state["format_version"]) > FORMAT_VERSION:
-                raise ValueError(
-                    f"written by a newer hycnn_sc (format_version {state['format_version']} > "
-                    f"{FORMAT_VERSION}); upgrade hycnn_sc"
-                )
-            params, fitted, arrays = dict(state["params"]), dict(state["fitted"]), state["arrays"]
-            params, arrays = renamed_state(params, arrays)
-            params["hidden"] = tuple(int(w) for w in params["hidden"])
-            params["betas"] = tuple(float(b) for b in params["betas"])
-            params["device"] = device
-            tmap = cls(**params)
-            tmap._validate_params()
-            in_features = int(fitted["in_features_"])
-            for prefix in ("f", "g"):
-                potential = build_potential(
-                    tmap.model, in_features, params["hidden"], tau=tmap._resolved_tau(),
-                    network_kwargs=_network_kwargs(tmap),
-                )
-                if fitted.get("tau_") is not None:
-                    potential.tau = float(fitted["tau_"])
-                weights = {
-                    name[len(prefix) + 1 :]: torch.as_tensor(np.asarray(value))
-                    for name, value in arrays.items() if name.startswith(prefix + "/")
-                }
-                potential.load_state_dict(weights, strict=True)
-                setattr(tmap, f"{prefix}_", potential.to(resolve_device(device)))
-            tmap.center_ = np.asarray(arrays["center"], dtype=np.float32)
-            tmap.history_ = {
-                name[len("history/") :]: np.asarray(value)
-                for name, value in arrays.items() if name.startswith("history/")
+    def _upgrade(self, fitted: dict[str, Any], version: int) -> dict[str, Any]:
+        if version < 2:  # before the linear part: the network alone
+            fitted.update(frame_="global", shrinkage_=0.0, residual_weight_=1.0,
+                          selection_={}, group_labels_=[])
+        return fitted
+
+    def _restore(self, fitted: dict[str, Any], arrays: dict[str, Any],
+                 device: torch.device) -> None:
+        for prefix in ("f", "g"):
+            potential = build_potential(
+                self.model, self.in_features_, self._resolved_hidden(), tau=self._resolved_tau(),
+                network_kwargs=_network_kwargs(self),
+            )
+            if fitted.get("tau_") is not None:
+                potential.tau = float(fitted["tau_"])
+            weights = {
+                name[len(prefix) + 1 :]: torch.as_tensor(np.asarray(value))
+                for name, value in arrays.items() if name.startswith(prefix + "/")
             }
-            tmap.in_features_ = in_features
-            tmap.scale_ = float(fitted["scale_"])
-            tmap.seed_ = int(fitted["seed_"])
-            tmap.n_params_ = int(fitted["n_params_"])
-            tmap.best_iteration_ = int(fitted["best_iteration_"])
-            tmap.converged_ = bool(fitted["converged_"])
-            tmap.interrupted_ = bool(fitted["interrupted_"])
-            tmap.nonfinite_recoveries_ = int(fitted["nonfinite_recoveries_"])
-            tmap.w2_squared_ = float(fitted["w2_squared_"])
-            if int(state["format_version"]) < 2:  # before the linear part: the network alone
-                fitted.update(frame_="global", shrinkage_=0.0, residual_weight_=1.0,
-                              selection_={}, group_labels_=[])
-            tmap.frame_ = str(fitted["frame_"])
-            tmap.shrinkage_ = float(fitted["shrinkage_"])
-            tmap.residual_weight_ = float(fitted["residual_weight_"])
-            tmap.selection_ = dict(fitted["selection_"])
-            linear = {name[len("linear/"):]: value for name, value in arrays.items()
-                      if name.startswith("linear/")}
-            tmap.linear_ = GaussianTransportMap.from_dict({
-                **linear, "regularization": LINEAR_RIDGE, "shrinkage": tmap.shrinkage_,
-                "covariance": "ledoit_wolf", "w2_squared": math.nan,
-            }) if linear or tmap.residual_weight_ < 1 else None
-            labels = [str(label) for label in fitted["group_labels_"]]
-            values = np.asarray(arrays.get("group_means/values", np.zeros((0, in_features))))
-            if values.shape != (len(labels), in_features):
-                raise ValueError(f"group means of shape {values.shape} for {len(labels)} groups")
-            tmap.group_means_ = {label: values[i].astype(np.float64)
-                                 for i, label in enumerate(labels)}
-        except (KeyError, TypeError, RuntimeError, ValueError, AttributeError) as error:
-            raise ValueError(
-                f"Cannot rebuild a TransportMap from this state: {error}. It is truncated, "
-                "tampered with or was not written by hycnn_sc; refit the map."
-            ) from None
-        tmap.device_ = str(resolve_device(device))
-        return tmap
+            potential.load_state_dict(weights, strict=True)
+            setattr(self, f"{prefix}_", potential.to(device))
+        self.center_ = np.asarray(arrays["center"], dtype=np.float32)
+        linear = {name[len("linear/"):]: value for name, value in arrays.items()
+                  if name.startswith("linear/")}
+        self.linear_ = GaussianTransportMap.from_state({
+            **linear, "regularization": LINEAR_RIDGE, "shrinkage": self.shrinkage_,
+            "covariance": "ledoit_wolf", "w2_squared": math.nan,
+        }) if linear or self.residual_weight_ < 1 else None
+        labels = [str(label) for label in fitted["group_labels_"]]
+        values = np.asarray(arrays.get("group_means/values", np.zeros((0, self.in_features_))))
+        if values.shape != (len(labels), self.in_features_):
+            raise ValueError(f"group means of shape {values.shape} for {len(labels)} groups")
+        self.group_means_ = {label: values[i].astype(np.float64) for i, label in enumerate(labels)}
+
 
 # ---------------------------------------------------------------------- helpers
 def _check_pairs(sources, targets, source_groups=None, target_groups=None) -> list[_Pair]:
