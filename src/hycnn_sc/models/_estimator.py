@@ -1,8 +1,15 @@
-"""What the minimax-trained estimators share: scikit-learn-style parameters, defaults and checks.
+"""What the minimax-trained estimators share: parameters and their checks, persistence.
 
 :class:`~hycnn_sc.models.TransportMap` and :class:`~hycnn_sc.models.ConditionalTransportMap`
-take the same optimisation arguments; this base validates them in one place and adds each
-estimator's own checks through :meth:`MinimaxEstimator._validate_own`.
+are scikit-learn estimators (``get_params``, ``set_params``, ``clone``, ``NotFittedError``)
+taking the same optimisation arguments; this base validates them in one place (each
+estimator adds its own checks through :meth:`MinimaxEstimator._validate_own`) and saves and
+loads both through :meth:`~MinimaxEstimator.get_state` and
+:meth:`~MinimaxEstimator.from_state`.
+
+Both ``__init__`` signatures list every argument explicitly, shared ones included: scikit-learn
+reads the parameters from the signature, and an explicit signature is what users and their
+editors see.
 """
 
 from __future__ import annotations
