@@ -27,6 +27,8 @@ from ._schema import (
     decode_map,
     find_maps,
     fit_params,
+    map_label,
+    pca_projection,
     read_fitted,
     split_key,
 )
@@ -44,7 +46,7 @@ class _PcaGenes:
     """Gene space of maps fitted on a scanpy PCA: back-projection vs the measured ``X``."""
 
     def __init__(self, adata: AnnData, stored: dict) -> None:
-        loadings = np.asarray(stored["representation"]["pca_components"])
+        loadings, _ = pca_projection(stored)
         self.adata, self.stored = adata, stored
         self.genes = np.flatnonzero(np.abs(loadings).sum(axis=1) > 0)
 
@@ -89,7 +91,7 @@ def _gene_space_of(adata: AnnData, stored: dict, scvi_model) -> _PcaGenes | _Scv
                 "whose latent the maps were fitted on."
             )
         return _ScviGenes(ScviDecoder(scvi_model, adata, use_rep=use_rep))
-    if "pca_components" in stored["representation"]:
+    if pca_projection(stored) is not None:
         return _PcaGenes(adata, stored)
     return None
 
@@ -216,7 +218,7 @@ def evaluate(
         raise ValueError(f"max_cells must be an int >= 2, got {max_cells!r}.")
     if holdout is not None:
         _check_holdout(params, holdout)
-        targets = sorted({str(entry["target"]) for entry in maps.values()})
+        targets = sorted({map_label(entry)[0] for entry in maps.values()})
         table = evaluate_holdout(adata, stored, holdout, targets, _score, max_cells, seed, device)
         adata.uns[key][EVALUATION_HOLDOUT] = table
         return table
@@ -228,7 +230,7 @@ def evaluate(
     records: list[dict[str, Any]] = []
     too_few: list[str] = []
     for mid, entry in maps.items():
-        label, stratum = str(entry["target"]), str(entry["stratum"])
+        label, stratum = map_label(entry)
         rows = cells.rows(label, stratum)
         if len(rows[("source", "held")]) < 2 or len(rows[("target", "held")]) < 2:
             too_few.append(f"{label!r}" + (f" ({params.split_by}={stratum!r})" if stratum else ""))
@@ -325,8 +327,8 @@ class _Evaluation:
             if masks[0].sum() < 2 or masks[1].sum() < 2:
                 continue
             picks = [subsample(np.flatnonzero(mask), self.max_cells, self.rng) for mask in masks]
-            base = {"target": str(entry["target"]), "stratum": str(entry["stratum"]),
-                    "group": group}
+            label, stratum = map_label(entry)
+            base = {"target": label, "stratum": stratum, "group": group}
             for space, compared in self._spaces(rows, read, predictions, *picks).items():
                 records += _score_space(compared, {**base, "space": space})
         return records

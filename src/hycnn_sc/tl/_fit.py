@@ -28,6 +28,7 @@ from ._schema import (
     fitted_uns,
     map_id,
     obsm_key,
+    previous_targets,
     split_key,
 )
 
@@ -82,17 +83,17 @@ def _model_params(model: str, seed: int, model_kwargs: dict[str, Any],
     return {name: resolved[name] for name in signature if name in resolved}  # signature order
 
 
-def _pca_projection(adata: AnnData, use_rep: str | None) -> dict[str, np.ndarray]:
+def _pca_projection(adata: AnnData, use_rep: str | None) -> tuple[np.ndarray, np.ndarray] | None:
     """PCA loadings and centre when ``use_rep`` is a scanpy PCA, for gene-space predictions.
 
     Anything unexpected (no ``X``, NaN in ``X``, a PCA of other data) only skips gene-space
     output with a warning: the maps themselves do not depend on it.
     """
     if use_rep != "X_pca" or "PCs" not in adata.varm or "pca" not in adata.uns:
-        return {}
+        return None
     components = np.asarray(adata.varm["PCs"], dtype=np.float32)
     if components.shape[1] != adata.obsm["X_pca"].shape[1] or adata.X is None:
-        return {}
+        return None
     try:
         mean = np.zeros(adata.n_vars, dtype=np.float64)
         for start in range(0, adata.n_obs, inputs.READ_CHUNK):
@@ -117,8 +118,8 @@ def _pca_projection(adata: AnnData, use_rep: str | None) -> dict[str, np.ndarray
             UserWarning,
             stacklevel=4,
         )
-        return {}
-    return {"pca_components": components, "pca_mean": mean}
+        return None
+    return components, mean
 
 
 def _check_groups(adata: AnnData, groups: str | None, groupby: str,
@@ -583,11 +584,8 @@ def _write(adata: AnnData, key_added: str, stored: dict[str, Any], split: np.nda
     """Write the results; on any failure restore what was there, so nothing is half-written."""
     split_column = split_key(key_added)
     previous = adata.uns.get(key_added)
-    stale: list[str] = []
-    if isinstance(previous, dict) and isinstance(previous.get("params"), dict):
-        old_targets = np.asarray(previous["params"].get("targets", []), dtype=object).ravel()
-        stale = [obsm_key(key_added, str(t)) for t in old_targets]
-        stale = [k for k in stale if k in adata.obsm and k not in obsm]
+    stale = [obsm_key(key_added, t) for t in previous_targets(previous)]
+    stale = [k for k in stale if k in adata.obsm and k not in obsm]
     touched = [*stale, *obsm]
     saved_obsm = {k: adata.obsm[k] for k in touched if k in adata.obsm}
     had_uns, had_split = key_added in adata.uns, split_column in adata.obs

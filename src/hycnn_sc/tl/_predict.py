@@ -22,13 +22,17 @@ from ._schema import (
     SOURCE_COLUMN,
     FitParams,
     cell_strata,
-    decode_conditional,
     decode_map,
     find_maps,
     fit_params,
+    fitted_genes,
     fitted_targets,
+    map_label,
+    pca_projection,
     read_fitted,
+    source_summary,
     split_key,
+    stored_conditional,
 )
 
 #: Tolerated range of the ratio between the per-feature spread (median over features) of new
@@ -110,18 +114,17 @@ def check_compatible(query: AnnData, stored: dict[str, Any], values: np.ndarray)
             f"The representation of the new cells has {values.shape[1]} features, the maps were "
             f"fitted on {n_features}; compute it the same way (e.g. the same PCA)."
         )
-    fitted_genes = np.asarray(stored["var_names"])
-    shared = inputs.shared_genes(query.var_names, fitted_genes)
+    genes = fitted_genes(stored)
+    shared = inputs.shared_genes(query.var_names, genes)
     if shared is not None:
         raise ValueError(
             f"var_names differ from the data the maps were fitted on (the new cells have "
-            f"{query.n_vars} genes, the fitted data {len(fitted_genes)}, {shared} shared, or the "
+            f"{query.n_vars} genes, the fitted data {len(genes)}, {shared} shared, or the "
             "order differs): the representation is not comparable. "
             "Subset and order the genes as at fit time (query[:, fitted_genes]) and recompute the "
             "representation with the fitted PCA."
         )
-    fitted_std = np.asarray(stored["representation"]["source_std"], dtype=np.float64)
-    fitted_mean = np.asarray(stored["representation"]["source_mean"], dtype=np.float64)
+    fitted_mean, fitted_std = source_summary(stored)
     varying = fitted_std > 1e-6 * max(float(fitted_std.max()), 1e-12)
     if not varying.any():
         return
@@ -186,11 +189,11 @@ def query_groups(query: AnnData, params: FitParams, rows: np.ndarray) -> np.ndar
 
 def gene_space(stored: dict[str, Any], values: np.ndarray) -> np.ndarray | None:
     """Back-project representation values to genes through a stored scanpy PCA (or None)."""
-    representation = stored["representation"]
-    if "pca_components" not in representation:
+    projection = pca_projection(stored)
+    if projection is None:
         return None
-    components = np.asarray(representation["pca_components"], dtype=np.float32)
-    return values @ components.T + np.asarray(representation["pca_mean"], dtype=np.float32)
+    components, mean = projection
+    return values @ components.T + mean
 
 
 @doc_params(example_fitted=EXAMPLE_FITTED)
@@ -293,7 +296,7 @@ def predict(
         for column in params.covariates:
             inputs.group_labels(query, column, "covariates")  # present, no missing values
         predicted = predict_source_cells(
-            decode_conditional(stored["conditional"], device=device), values,
+            stored_conditional(stored, device=device), values,
             cell_strata(query, params.strata_columns)[rows], np.arange(len(rows)), str(target),
             dose, params.covariates)
     else:
@@ -321,7 +324,7 @@ def _assign_maps(query: AnnData, params: FitParams, maps: dict[str, Any], rows: 
             "(add it so each cell goes through the map of its stratum)."
         )
     strata = query.obs[split_by].astype(str).to_numpy()[rows]
-    by_stratum = {str(entry["stratum"]): mid for mid, entry in maps.items()}
+    by_stratum = {map_label(entry)[1]: mid for mid, entry in maps.items()}
     unknown = sorted(set(strata) - set(by_stratum))
     if unknown:
         raise ValueError(
@@ -348,7 +351,7 @@ def _prediction_anndata(query: AnnData, stored: dict[str, Any], params: FitParam
     result = AnnData(
         X=genes,
         obs=obs,
-        var=pd.DataFrame(index=np.asarray(stored["var_names"]).astype(str))
+        var=pd.DataFrame(index=fitted_genes(stored))
         if genes is not None else None,
     )
     result.obsm[params.use_rep or "X_input"] = predicted
@@ -393,11 +396,11 @@ def transport_map(adata: AnnData, *, key: str = "hycnn", target: str | None = No
     target = _resolve_target(stored, target)
     maps = find_maps(stored, target)
     if stratum is not None:
-        maps = {mid: e for mid, e in maps.items() if str(e["stratum"]) == str(stratum)}
+        maps = {mid: e for mid, e in maps.items() if map_label(e)[1] == str(stratum)}
         if not maps:
             raise KeyError(f"No {target!r} map for stratum {stratum!r}.")
     if len(maps) > 1:
-        strata = sorted(str(e["stratum"]) for e in maps.values())
+        strata = sorted(map_label(e)[1] for e in maps.values())
         raise ValueError(f"Target {target!r} has one map per stratum; pass stratum=, one of {strata}.")
     (mid, entry), = maps.items()
     return decode_map(entry, device=device, name=mid)

@@ -180,7 +180,7 @@ class FitParams:
 
 
 def fitted_uns(params: FitParams, *, var_names: Any, source_values: np.ndarray,
-               projection: Mapping[str, np.ndarray], maps: dict[str, Any],
+               projection: tuple[np.ndarray, np.ndarray] | None, maps: dict[str, Any],
                conditional: ConditionalTransportMap | None = None) -> dict[str, Any]:
     """``uns[key_added]`` of a fit: its params, genes, representation summary and maps.
 
@@ -188,19 +188,57 @@ def fitted_uns(params: FitParams, *, var_names: Any, source_values: np.ndarray,
     check new cells); ``projection`` the scanpy PCA loadings and centre, if any; ``maps`` the
     entries of :func:`encode_map` (or of a conditional fit, with its shared ``conditional``).
     """
+    representation = {"source_mean": source_values.mean(axis=0),
+                      "source_std": source_values.std(axis=0)}
+    if projection is not None:
+        representation.update(pca_components=projection[0], pca_mean=projection[1])
     stored: dict[str, Any] = {
         "params": params.to_uns(),
         "var_names": np.asarray(var_names, dtype=object),
-        "representation": {
-            "source_mean": source_values.mean(axis=0),
-            "source_std": source_values.std(axis=0),
-            **projection,
-        },
+        "representation": representation,
         "maps": maps,
     }
     if conditional is not None:
         stored["conditional"] = encode_conditional(conditional)
     return stored
+
+
+def fitted_genes(stored: Mapping[str, Any]) -> np.ndarray:
+    """The ``var_names`` the maps were fitted on."""
+    return np.asarray(stored["var_names"]).astype(str)
+
+
+def source_summary(stored: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of the fitted source cells (float64)."""
+    representation = stored["representation"]
+    return (np.asarray(representation["source_mean"], dtype=np.float64),
+            np.asarray(representation["source_std"], dtype=np.float64))
+
+
+def pca_projection(stored: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The scanpy PCA loadings (genes × components) and centre behind ``use_rep``, or None."""
+    representation = stored["representation"]
+    if "pca_components" not in representation:
+        return None
+    return (np.asarray(representation["pca_components"], dtype=np.float32),
+            np.asarray(representation["pca_mean"], dtype=np.float32))
+
+
+def stored_conditional(stored: Mapping[str, Any], *, device: str = "auto") -> ConditionalTransportMap:
+    """The shared :class:`ConditionalTransportMap` of a conditional fit."""
+    return decode_conditional(stored["conditional"], device=device)
+
+
+def map_label(entry: Mapping[str, Any]) -> tuple[str, str]:
+    """The ``(target, stratum)`` of a stored map entry."""
+    return str(entry["target"]), str(entry["stratum"])
+
+
+def previous_targets(value: Any) -> list[str]:
+    """Targets of an earlier fit held in ``value`` (an ``uns`` entry), or ``[]``."""
+    if not isinstance(value, Mapping) or not isinstance(value.get("params"), Mapping):
+        return []
+    return [str(t) for t in np.asarray(value["params"].get("targets", []), dtype=object).ravel()]
 
 
 def obsm_key(key: str, target: str) -> str:
@@ -425,7 +463,7 @@ def find_maps(stored: dict[str, Any], target: str | None) -> dict[str, dict[str,
                 for mid, entry in maps.items()}
     if target is None:
         return dict(maps)
-    chosen = {mid: entry for mid, entry in maps.items() if str(entry["target"]) == str(target)}
+    chosen = {mid: entry for mid, entry in maps.items() if map_label(entry)[0] == str(target)}
     if not chosen:
         raise KeyError(
             f"No map for target {target!r}; fitted targets are {fitted_targets(stored)}. "
@@ -436,4 +474,4 @@ def find_maps(stored: dict[str, Any], target: str | None) -> dict[str, dict[str,
 
 def fitted_targets(stored: dict[str, Any]) -> list[str]:
     """Target labels with at least one stored map, sorted."""
-    return sorted({str(entry["target"]) for entry in stored["maps"].values()})
+    return sorted({map_label(entry)[0] for entry in stored["maps"].values()})
