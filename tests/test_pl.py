@@ -441,6 +441,23 @@ def test_evaluation_per_group_and_log(fitted):
     assert ax.get_yscale() == "log"
 
 
+def test_evaluation_options_are_literal_types():
+    import typing
+
+    hints = typing.get_type_hints(hs.pl.evaluation)
+    assert typing.get_args(hints["space"]) == ("rep", "gene")
+    assert typing.get_args(hints["by"]) == ("target", "group")
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_docstrings_are_filled(name):
+    """The shared fragments replaced every placeholder (ax, show, return_fig, save, Returns)."""
+    doc = getattr(hs.pl, name).__doc__
+    assert "{" + "plot" not in doc and "{" + "example" not in doc and "{" + "fitted" not in doc
+    for line in ("    show\n", "    return_fig\n", "    save\n", "    Returns\n", "    >>> import hycnn_sc as hs\n"):
+        assert doc.count(line) == 1, (name, line)
+
+
 def test_evaluation_many_maps_horizontal(fitted):
     adata = fitted.copy()
     table = fitted.uns["hycnn"]["evaluation"]

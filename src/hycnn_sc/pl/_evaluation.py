@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from itertools import pairwise
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from .._docs import EXAMPLE_FITTED, PLOT_RETURNS, doc_params, plot_arguments
 from . import _utils as utils
 
 _BASELINE_COLORS = {"identity": "#9e9e9e", "mean_shift": "tab:green", "gaussian_ot": "tab:purple"}
@@ -21,8 +22,17 @@ _BASELINE_LABELS = {"identity": "identity (control)", "mean_shift": "mean shift"
                     "gaussian_ot": "Gaussian OT"}
 _HIGHER_IS_BETTER = {"r2_mean", "pearson_delta", "overlap_at_N", "overlap_at_50",
                       "de_direction_match"}
+_METRIC_LABELS = {"energy_distance": "energy distance", "mmd": "MMD²", "r2_mean": "r² of means",
+                  "signature_l2": "signature l2 error"}
+#: Columns of the evaluation table that say which rows they are, not what was measured.
+_KEY_COLUMNS = ("target", "stratum", "group", "space", "method")
 #: Most categories drawn as vertical bars; more are drawn horizontally.
 _MAX_VERTICAL = 12
+
+#: Where the metrics were computed: the fitted representation or gene space.
+Space = Literal["rep", "gene"]
+#: One group of bars per map (``"target"``) or per evaluation group (``"group"``).
+By = Literal["target", "group"]
 
 
 def _labels_overlap(ax: Axes) -> bool:
@@ -49,13 +59,15 @@ def _categories(table: pd.DataFrame, by: str) -> pd.Series:
     return strata.where(same, strata + ": " + groups)
 
 
+@doc_params(plot_arguments=plot_arguments("hycnn_evaluation"), plot_returns=PLOT_RETURNS,
+            example_fitted=EXAMPLE_FITTED)
 def evaluation(
     adata: AnnData,
     *,
     key: str = "hycnn",
     metric: str = "energy_distance",
-    space: str = "rep",
-    by: Literal["target", "group"] = "target",
+    space: Space = "rep",
+    by: By = "target",
     target: str | None = None,
     log: bool = False,
     ax: Axes | None = None,
@@ -91,39 +103,65 @@ def evaluation(
     log
         Logarithmic value axis, for values spanning orders of magnitude (non-positive values,
         possible for unbiased estimators, are not drawn).
-    ax
-        Draw into this Axes instead of a new figure.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    return_fig
-        Return the Figure (and do not show it).
-    save
-        As in scanpy: ``True`` or a filename suffix writes ``hycnn_evaluation{suffix}`` to
-        :attr:`scanpy.settings.figdir`.
+    {plot_arguments}
 
-    Returns
-    -------
-    The Figure with ``return_fig=True``; else the Axes when ``show=False``; else ``None``.
+    {plot_returns}
 
     Examples
     --------
-    >>> import scanpy as sc
-    >>> import hycnn_sc as hs
-    >>> adata = hs.datasets.kang_ifnb1k()
-    >>> sc.pp.normalize_total(adata)
-    >>> sc.pp.log1p(adata)
-    >>> sc.pp.pca(adata, n_comps=20)
-    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
-    ...                     validation_fraction=0.2, n_iters=20, hidden=(8,), warm_start_iters=20)
+    {example_fitted}
+    >>> hs.tl.fit_transport(adata, groupby="condition", source="control",  # hold 20 % out
+    ...                     holdout_fraction=0.2, n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> table = hs.tl.evaluate(adata, by="cell_type")
     >>> ax = hs.pl.evaluation(adata, by="group", show=False)
     """
     stored = utils.fitted(adata, key)
-    p = utils.params(stored)
+    model = utils.params(stored)["model"]
     table = utils.evaluation_table(stored, key)
-    if metric not in table.columns or metric in ("target", "stratum", "group", "space", "method"):
-        known = [c for c in table.columns if c not in
-                 ("target", "stratum", "group", "space", "method", "n_predicted", "n_observed")]
+    _check_columns(table, metric, space, by)
+    table, categories = _rows(table, key, space, by, target)
+    present = list(pd.unique(table["method"].astype(str)))
+    methods = [m for m in [model, *_BASELINE_COLORS] if m in present]
+    methods += [m for m in present if m not in methods and m != "observed"]
+    values = table.pivot_table(index="_x", columns="method", values=metric, aggfunc="first")
+    values = values.reindex(index=categories)
+    counts = table.groupby("_x")["n_observed"].first().reindex(categories)
+
+    # Many categories read better as horizontal bars (labels need no rotation, height grows).
+    horizontal = len(categories) > _MAX_VERTICAL
+    span = 0.8 * len(categories) * max(len(methods), 1) / 4
+    if horizontal:
+        fig, ax = utils.new_axes(ax, (6.5, float(np.clip(1.2 + 0.35 * span, 4.0, 30.0))))
+    else:
+        fig, ax = utils.new_axes(ax, (float(np.clip(2.8 + span, 5.0, 14.0)), 4.0))
+    handles = _draw_bars(ax, values, methods, model, horizontal=horizontal)
+    if "observed" in values:
+        handles.append(_draw_floor(ax, values["observed"], metric, horizontal=horizontal))
+    _value_scale(ax, values.to_numpy(dtype=float), metric, log=log, horizontal=horizontal)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              fontsize="small", borderaxespad=0.0)
+    known_counts = counts.dropna()
+    same_count = horizontal and known_counts.nunique() == 1
+    _category_axis(ax, categories, None if same_count or known_counts.empty else counts,
+                   horizontal=horizontal)
+    better = "higher" if metric in _HIGHER_IS_BETTER else "lower"
+    where_space = "gene space" if space == "gene" else "representation"
+    value_label = f"{_METRIC_LABELS.get(metric, metric)} ({where_space})\n{better} is better"
+    (ax.set_xlabel if horizontal else ax.set_ylabel)(value_label)
+    single = table["target"].astype(str).nunique() == 1
+    where = f"{table['target'].iloc[0]}: " if single else ""
+    per = "per group" if by == "group" else "per map"
+    cells = f" (n={int(known_counts.iloc[0])} held-out cells)" if same_count else ""
+    ax.set_title(f"{where}held-out evaluation {per}{cells}", fontsize="medium")
+    ax.spines[["top", "right"]].set_visible(False)
+    return utils.finish(fig, ax, show=show, save=save, return_fig=return_fig,
+                        writekey="hycnn_evaluation")
+
+
+def _check_columns(table: pd.DataFrame, metric: str, space: str, by: str) -> None:
+    """``metric`` and ``space`` name what the table holds; ``by`` is an option."""
+    if metric not in table.columns or metric in _KEY_COLUMNS:
+        known = [c for c in table.columns if c not in (*_KEY_COLUMNS, "n_predicted", "n_observed")]
         raise KeyError(f"metric={metric!r} is not in the evaluation table; metrics: {known}.")
     spaces = sorted(table["space"].astype(str).unique())
     if space not in spaces:
@@ -132,8 +170,13 @@ def evaluation(
             "metrics need maps fitted on a scanpy PCA or on X, or evaluate(..., scvi_model=) for an "
             "scVI latent."
         )
-    if by not in ("target", "group"):
+    if by not in get_args(By):
         raise ValueError(f"by must be 'target' or 'group', got {by!r}.")
+
+
+def _rows(table: pd.DataFrame, key: str, space: str, by: str,
+          target: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """The rows drawn, with their category in column ``_x``, and the categories in order."""
     table = table[table["space"].astype(str) == space]
     evaluated = list(pd.unique(table["target"].astype(str)))
     if target is None and by == "group":
@@ -155,25 +198,14 @@ def evaluation(
     categories = list(pd.unique(table["_x"]))
     if by == "group":
         categories = sorted(categories, key=lambda c: (c != "all", c))
+    return table, categories
 
-    model = p["model"]
-    present = list(pd.unique(table["method"].astype(str)))
-    methods = [m for m in [model, *_BASELINE_COLORS] if m in present]
-    methods += [m for m in present if m not in methods and m != "observed"]
-    values = table.pivot_table(index="_x", columns="method", values=metric, aggfunc="first")
-    values = values.reindex(index=categories)
-    counts = table.groupby("_x")["n_observed"].first().reindex(categories)
 
-    # Many categories read better as horizontal bars (labels need no rotation, height grows).
-    horizontal = len(categories) > _MAX_VERTICAL
-    n = len(methods)
-    span = 0.8 * len(categories) * max(n, 1) / 4
-    if horizontal:
-        fig, ax = utils.new_axes(ax, (6.5, float(np.clip(1.2 + 0.35 * span, 4.0, 30.0))))
-    else:
-        fig, ax = utils.new_axes(ax, (float(np.clip(2.8 + span, 5.0, 14.0)), 4.0))
-    bar = 0.8 / max(n, 1)
-    x = np.arange(len(categories))
+def _draw_bars(ax: Axes, values: pd.DataFrame, methods: list[str], model: str, *,
+               horizontal: bool) -> list:
+    """One bar per method in every category; the legend handle of each method."""
+    bar = 0.8 / max(len(methods), 1)
+    x = np.arange(len(values))
     fallback = iter(["tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"])
     handles: list = []
     for i, method in enumerate(methods):
@@ -189,54 +221,48 @@ def evaluation(
                    linewidth=0.4)
         label = f"{model} (model)" if method == model else _BASELINE_LABELS.get(method, method)
         handles.append(Patch(facecolor=color, label=label))
-    if "observed" in values:
-        floor = values["observed"].to_numpy(dtype=float)
-        lines = ax.vlines if horizontal else ax.hlines
-        lines(floor, x - 0.45, x + 0.45, colors="black", linestyles="--", lw=1.2, zorder=4)
-        kind = "ceiling" if metric in _HIGHER_IS_BETTER else "floor"
-        handles.append(Line2D([], [], color="black", ls="--", lw=1.2,
-                              label=f"observed (noise {kind})"))
+    return handles
 
-    shown = values.to_numpy(dtype=float)
+
+def _draw_floor(ax: Axes, observed: pd.Series, metric: str, *, horizontal: bool) -> Line2D:
+    """The ``observed`` (noise) level as a dashed line across each category; its handle."""
+    x = np.arange(len(observed))
+    lines = ax.vlines if horizontal else ax.hlines
+    lines(observed.to_numpy(dtype=float), x - 0.45, x + 0.45, colors="black", linestyles="--",
+          lw=1.2, zorder=4)
+    kind = "ceiling" if metric in _HIGHER_IS_BETTER else "floor"
+    return Line2D([], [], color="black", ls="--", lw=1.2, label=f"observed (noise {kind})")
+
+
+def _value_scale(ax: Axes, shown: np.ndarray, metric: str, *, log: bool, horizontal: bool) -> None:
+    """A log value axis, or a zero line under negative values."""
     if log:
         if np.any(shown[np.isfinite(shown)] <= 0):
             warnings.warn(
                 f"Some {metric} values are <= 0 and are not drawn on the log scale.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         (ax.set_xscale if horizontal else ax.set_yscale)("log")
     elif np.nanmin(shown) < 0:
         (ax.axvline if horizontal else ax.axhline)(0, color="black", lw=0.6)
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-              fontsize="small", borderaxespad=0.0)
-    known_counts = counts.dropna()
-    same_count = horizontal and known_counts.nunique() == 1
-    if same_count or known_counts.empty:
+
+
+def _category_axis(ax: Axes, categories: list[str], counts: pd.Series | None, *,
+                   horizontal: bool) -> None:
+    """Category ticks, with the number of held-out cells where ``counts`` are given."""
+    if counts is None:
         ticks = [str(c) for c in categories]
     else:
         ticks = [f"{c} (n={int(k)})" if horizontal else f"{c}\nn={int(k)}" if pd.notna(k)
                  else str(c) for c, k in zip(categories, counts, strict=True)]
+    x = np.arange(len(categories))
     if horizontal:
         ax.set_yticks(x, ticks, fontsize="small")
         ax.set_ylim(len(categories) - 0.4, -0.6)
-    else:
-        ax.set_xticks(x, ticks, fontsize="small")
-        if _labels_overlap(ax):
-            ax.set_xticks(x, ticks, rotation=35, ha="right", rotation_mode="anchor",
-                          fontsize="small")
-        ax.set_xlim(-0.6, len(categories) - 0.4)
-    better = "higher" if metric in _HIGHER_IS_BETTER else "lower"
-    pretty = {"energy_distance": "energy distance", "mmd": "MMD²", "r2_mean": "r² of means",
-              "signature_l2": "signature l2 error"}.get(metric, metric)
-    where_space = "gene space" if space == "gene" else "representation"
-    value_label = f"{pretty} ({where_space})\n{better} is better"
-    (ax.set_xlabel if horizontal else ax.set_ylabel)(value_label)
-    single = table["target"].astype(str).nunique() == 1
-    where = f"{table['target'].iloc[0]}: " if single else ""
-    per = "per group" if by == "group" else "per map"
-    cells = f" (n={int(known_counts.iloc[0])} held-out cells)" if same_count else ""
-    ax.set_title(f"{where}held-out evaluation {per}{cells}", fontsize="medium")
-    ax.spines[["top", "right"]].set_visible(False)
-    return utils.finish(fig, ax, show=show, save=save, return_fig=return_fig,
-                        writekey="hycnn_evaluation")
+        return
+    ax.set_xticks(x, ticks, fontsize="small")
+    if _labels_overlap(ax):
+        ax.set_xticks(x, ticks, rotation=35, ha="right", rotation_mode="anchor",
+                      fontsize="small")
+    ax.set_xlim(-0.6, len(categories) - 0.4)
