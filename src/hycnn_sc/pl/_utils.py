@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -16,7 +15,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..tl import _inputs as inputs
-from ..tl._schema import EVALUATION, find_maps, fit_params, obsm_key, read_fitted
+from ..tl._schema import (
+    EVALUATION,
+    find_maps,
+    fit_params,
+    fitted_scalars,
+    obsm_key,
+    read_fitted,
+)
 
 #: Colours shared by all plots: control, observed target, predicted target, background cells.
 COLORS = {
@@ -54,10 +60,7 @@ def resolve_target(p: dict[str, Any], target: str | None) -> str:
 
 def fitted_state(entry: dict[str, Any]) -> dict[str, Any]:
     """The ``fitted`` scalars (``best_iteration_``, ``converged_``, ...) of one stored map."""
-    try:
-        return dict(json.loads(str(entry["state_json"])).get("fitted", {}))
-    except (KeyError, TypeError, ValueError):
-        return {}
+    return fitted_scalars(entry)
 
 
 def predictions(adata: AnnData, key: str, target: str) -> tuple[np.ndarray, np.ndarray]:

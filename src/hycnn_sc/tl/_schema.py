@@ -229,6 +229,14 @@ def stored_conditional(stored: Mapping[str, Any], *, device: str = "auto") -> Co
     return decode_conditional(stored["conditional"], device=device)
 
 
+def fitted_scalars(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The fitted scalars (``best_iteration_``, ``converged_``, ...) of a stored map, or ``{}``."""
+    try:
+        return dict(json.loads(str(entry["state_json"])).get("fitted", {}))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}
+
+
 def map_label(entry: Mapping[str, Any]) -> tuple[str, str]:
     """The ``(target, stratum)`` of a stored map entry."""
     return str(entry["target"]), str(entry["stratum"])
