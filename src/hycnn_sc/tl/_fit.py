@@ -6,7 +6,7 @@ import difflib
 import inspect
 import warnings
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,7 @@ from anndata import AnnData
 from .._docs import EXAMPLE_FITTED, doc_params
 from .._validation import check_seed
 from ..models._estimator import RENAMED_PARAMS
+from ..models._options import Potential
 from ..models.conditional_transport import ConditionalTransportMap
 from ..models.transport import MIN_GROUP_POINTS, TransportMap
 from . import _conditional as conditional_fits
@@ -31,9 +32,6 @@ from ._schema import (
     previous_targets,
     split_key,
 )
-
-#: The potential networks of :func:`fit_transport` (``model=``).
-ModelName = Literal["hycnn", "icnn"]
 
 
 def _model_params(model: str, seed: int, model_kwargs: dict[str, Any],
@@ -193,7 +191,7 @@ def fit_transport(
     layer: str | None = None,
     split_by: str | None = None,
     groups: str | None = None,
-    model: ModelName = "hycnn",
+    model: Potential = "hycnn",
     holdout_fraction: float = 0.0,
     conditional: bool = False,
     covariates: str | list[str] | None = None,
