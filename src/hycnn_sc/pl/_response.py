@@ -13,7 +13,7 @@ from .._docs import EXAMPLE_FITTED, PLOT_RETURNS, doc_params, plot_arguments
 from ..metrics import r2_mean
 from ..tl import _inputs as inputs
 from ..tl._predict import gene_space
-from ..tl._schema import split_key
+from ..tl._schema import pca_projection, split_key
 from . import _utils as utils
 
 
@@ -53,7 +53,7 @@ def _changes(adata: AnnData, stored: dict, p: dict, control_rows: np.ndarray,
     # The PCA back-projection is linear: the mean of projections is the projection of means.
     predicted_genes = gene_space(stored, predicted_rep)
     if predicted_genes is not None:
-        loadings = np.asarray(stored["representation"]["pca_components"])
+        loadings, _ = pca_projection(stored)
         columns = np.flatnonzero(np.abs(loadings).sum(axis=1) > 0)
         predicted_change = (predicted_genes - gene_space(stored, control_rep))[0, columns]
         control = _mean_rows(adata, control_rows, layer, columns)
