@@ -219,6 +219,19 @@ def test_fit_transport_bad_input(case, kang, no_training):
     assert_unchanged(kang, before)
 
 
+def test_renamed_model_keywords_reach_the_map_under_their_new_names():
+    from hycnn_sc.tl._fit import _model_params
+
+    with pytest.warns(FutureWarning, match=r"validation_every=.*selection_every"):
+        params = _model_params("hycnn", 0, {"validation_every": 5})
+    assert params["selection_every"] == 5 and "validation_every" not in params
+    # fit_transport takes validation_fraction as its own (deprecated) name; reaching the map's
+    # arguments directly, it is refused with the two names that replace it.
+    with pytest.raises(TypeError, match=r"former name of fit_transport's holdout_fraction.*"
+                                        r"selection_fraction"):
+        _model_params("hycnn", 0, {"validation_fraction": 0.2})
+
+
 def test_refit_failure_keeps_previous_results(kang_fitted, no_training):
     adata = kang_fitted.copy()
     before = snapshot(adata)
