@@ -41,7 +41,7 @@ def iteration_ms(model, hidden, tau, dim: int, batch: int, inner: int, n_iters: 
         f, g = potentials(model, hidden, dim, tau)
         settings = MinimaxSettings(
             n_iters=iterations, inner_steps=inner, batch_size=batch, lr=1e-3, lr_final_fraction=0.01,
-            lr_warmup_fraction=0.1, betas=(0.5, 0.9), validation_every=iterations,
+            lr_warmup_fraction=0.1, betas=(0.5, 0.9), selection_every=iterations,
             tau=tau, tau_schedule=None, tau_final=0.0, tau_cycles=1, progress=False)
         start = time.perf_counter()
         train_minimax(f, g, source, target, settings, torch.Generator().manual_seed(0))

@@ -14,7 +14,7 @@ from hycnn_sc.models._minimax import MinimaxSettings, StackedSamples, train_mini
 
 def _settings(**overrides) -> MinimaxSettings:
     base = dict(n_iters=40, inner_steps=1, batch_size=32, lr=1e-3, lr_final_fraction=0.1,
-                lr_warmup_fraction=0.1, betas=(0.5, 0.9), validation_every=20, tau=None,
+                lr_warmup_fraction=0.1, betas=(0.5, 0.9), selection_every=20, tau=None,
                 tau_schedule=None, tau_final=0.0, tau_cycles=1, progress=False)
     return MinimaxSettings(**{**base, **overrides})
 

@@ -114,7 +114,7 @@ def test_short_fixed_budget_on_a_moving_target_is_not_converged():
     target = (source + 4.0).astype(np.float32)
     with pytest.warns(RuntimeWarning, match="still improving beyond its noise"):
         tmap = TransportMap(hidden=(8,), residual=1.0, warm_start="identity", n_iters=60,
-                            lr=1e-3, validation_every=5, seed=0, device="cpu").fit(source, target)
+                            lr=1e-3, selection_every=5, seed=0, device="cpu").fit(source, target)
     assert not tmap.converged_
 
 

@@ -173,7 +173,7 @@ class MinimaxSettings:
     lr_final_fraction: float
     lr_warmup_fraction: float
     betas: tuple[float, float]
-    validation_every: int
+    selection_every: int
     tau: float | None
     tau_schedule: str | None
     tau_final: float
@@ -326,7 +326,7 @@ def train_minimax(
 
     The loop alternates ``inner_steps`` Adam steps on ``g`` with one on ``f`` (betas, a linear
     learning-rate warm-up and a cosine decay from ``settings``). With a validation set, the
-    energy distance between ``∇f(x_val)`` and ``y_val`` is measured every ``validation_every``
+    energy distance between ``∇f(x_val)`` and ``y_val`` is measured every ``selection_every``
     iterations and each stacked model keeps its best iterate. Losses stay on the device; their
     finiteness is checked every ``finite_check_every`` iterations and before each validation
     (one host synchronisation each). A non-finite loss restores the best iterate and halves
@@ -497,7 +497,7 @@ class _MinimaxLoop:
             for iteration in bar:
                 self.step(iteration, source, target, generator)
                 done = iteration + 1
-                due = done % s.validation_every == 0 or done == s.n_iters
+                due = done % s.selection_every == 0 or done == s.n_iters
                 if not (due or done % self.check_every == 0):
                     continue
                 bad = self.first_nonfinite(done)
@@ -560,7 +560,7 @@ def train_in_cycles(
     *,
     first_cycle: int,
     max_iters: int,
-    validation_every: int | None = None,
+    selection_every: int | None = None,
 ) -> MinimaxResult:
     """A held-out-driven budget: cosine cycles of doubling length while they still help.
 
@@ -574,7 +574,7 @@ def train_in_cycles(
     lowered the held-out energy distance beyond its noise (``IMPROVEMENT_Z`` paired standard
     errors; a doubled schedule alone often helps by less than one comparison's noise), and
     the next cycle fits under ``max_iters``. A model has converged when its last cycle alone
-    did not improve beyond the noise. Each cycle validates every ``validation_every``
+    did not improve beyond the noise. Each cycle validates every ``selection_every``
     iterations (``None``: 20 times per cycle).
     """
     shared = bool(getattr(f, "shares_parameters", False))
@@ -584,10 +584,10 @@ def train_in_cycles(
     current: list[EnergyProfile] | None = None
     while True:
         start_f, start_g = _snapshot(f), _snapshot(g)
-        every = validation_every or max(length // 20, 1)
+        every = selection_every or max(length // 20, 1)
         result = train_minimax(
             f, g, source, target,
-            replace(settings, n_iters=length, validation_every=every, keep_last=True),
+            replace(settings, n_iters=length, selection_every=every, keep_last=True),
             generator, validation)
         cycles.append(result)
         if result.interrupted or result.stopped_early:  # the best iterate was kept

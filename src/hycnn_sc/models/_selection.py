@@ -76,7 +76,7 @@ def fit_linear_within(source: np.ndarray, target: np.ndarray, source_labels: np.
             for g in groups]
     matrix = np.mean([m.matrix_ for m in maps], axis=0)
     offset = np.mean([m.mean_target_ - m.mean_source_ @ m.matrix_ for m in maps], axis=0)
-    return GaussianTransportMap.from_dict({
+    return GaussianTransportMap.from_state({
         "regularization": LINEAR_RIDGE, "shrinkage": shrinkage, "covariance": "ledoit_wolf",
         "mean_source": np.zeros_like(offset), "mean_target": offset, "matrix": matrix,
         "inverse_matrix": np.linalg.inv(matrix), "w2_squared": np.nan,

@@ -462,7 +462,7 @@ class TransportMap(MinimaxEstimator):
         if cap is not None and train_network:
             result = train_in_cycles(f, g, source, target, settings, generator, validation,
                                      first_cycle=n_iters, max_iters=cap,
-                                     validation_every=self._selection_every)
+                                     selection_every=self._selection_every)
         else:
             result = train_minimax(f, g, source, target, settings, generator, validation)
         if train_network and use_validation and not result.converged.all():
