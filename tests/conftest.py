@@ -18,11 +18,11 @@ torch.set_num_threads(1)
 
 #: Smallest settings that still run the whole pipeline (warm start, minimax, validation).
 TINY = dict(
-    validation_fraction=0.2, n_iters=10, inner_steps=2, hidden=(8,), warm_start_iters=10, batch_size=64, device="cpu"
+    selection_fraction=0.2, n_iters=10, inner_steps=2, hidden=(8,), warm_start_iters=10, batch_size=64, device="cpu"
 )
 #: TINY for hycnn_sc.tl.fit_transport: 20 % of the cells held out for evaluate, and the maps'
 #: own selection split at its default.
-TINY_FIT = {**{k: v for k, v in TINY.items() if k not in ("validation_fraction", "selection_fraction")},
+TINY_FIT = {**{k: v for k, v in TINY.items() if k != "selection_fraction"},
             "holdout_fraction": 0.2}
 #: Cells of the Kang subset and principal components used throughout.
 N_KANG = 240

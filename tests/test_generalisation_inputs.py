@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY
+from conftest import TINY_FIT
 from test_tl_inputs import assert_unchanged, no_training, snapshot  # noqa: F401 (no_training: fixture)
 
 from hycnn_sc.models.transport import TransportMap
@@ -39,7 +39,7 @@ def kang_patients(kang):
 def kang_grouped(kang_base):
     """Kang cells with patients, one tiny map fitted with ``groups='patient_id'``. Copy it."""
     adata = _with_patients(kang_base.copy())
-    fit_transport(adata, groupby="condition", source="control", groups="patient_id", **TINY)
+    fit_transport(adata, groupby="condition", source="control", groups="patient_id", **TINY_FIT)
     return adata
 
 
@@ -48,7 +48,7 @@ def kang_split(kang_base):
     """Kang cells with patients, maps fitted per stratum of ``split_by='half'``. Copy it."""
     adata = _with_patients(kang_base.copy())
     adata.obs["half"] = pd.Categorical(np.where(np.arange(adata.n_obs) % 2 == 0, "a", "b"))
-    fit_transport(adata, groupby="condition", source="control", split_by="half", **TINY)
+    fit_transport(adata, groupby="condition", source="control", split_by="half", **TINY_FIT)
     return adata
 
 
@@ -109,7 +109,7 @@ def test_fit_transport_bad_groups(case, kang_patients):
     if mutate is not None:
         mutate(kang_patients)
     before = snapshot(kang_patients)
-    call = dict(groupby="condition", source="control", **TINY)
+    call = dict(groupby="condition", source="control", **TINY_FIT)
     call.update(arguments)
     with pytest.raises(error, match=fragment):
         fit_transport(kang_patients, **call)
@@ -126,7 +126,7 @@ def test_fit_transport_small_source_only_group_is_left_nan_with_a_warning(kang_p
                       r"fewer than 10 source cells and no target cells: their predictions are "
                       r"left NaN"):
         fit_transport(adata, groupby="condition", source="control", groups="patient_id",
-                      frame="group", **TINY)
+                      frame="group", **TINY_FIT)
     predicted = adata.obsm["hycnn_stimulated"]
     control = (adata.obs["condition"] == "control").to_numpy()
     assert np.isnan(predicted[labels == "lonely"]).all()
@@ -365,7 +365,7 @@ def test_group_labels_of_wrong_length_at_inference(group_map):
 def test_evaluate_holdout_group_with_few_controls(kang_patients, monkeypatch):
     adata = kang_patients
     fit_transport(adata, groupby="condition", source="control", groups="patient_id",
-                  frame="group", **{**TINY, "validation_fraction": 0.0})
+                  frame="group", **{**TINY_FIT, "holdout_fraction": 0.0})
     labels = adata.obs["patient_id"].astype(str).to_numpy().copy()
     control_p3 = np.flatnonzero((labels == "p3") & (adata.obs["condition"] == "control").to_numpy())
     labels[control_p3[6:]] = "p0"  # p3 keeps 6 control cells and all its stimulated cells
