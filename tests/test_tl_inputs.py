@@ -513,3 +513,19 @@ def test_backed_anndata(kang_hvg_base, tmp_path, monkeypatch):
     backed.write_h5ad(tmp_path / "results.h5ad")
     assert "hycnn" in ad.read_h5ad(tmp_path / "results.h5ad").uns
     assert "hycnn" not in ad.read_h5ad(path).uns
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_mean_rows_matches_numpy_in_chunks(monkeypatch, sparse):
+    """Chunked column means over chosen rows and columns equal numpy's, dense or sparse."""
+    rng = np.random.default_rng(0)
+    dense = rng.poisson(1.0, size=(23, 6)).astype(np.float32)
+    adata = ad.AnnData(sp.csr_matrix(dense) if sparse else dense)
+    adata.layers["counts"] = dense * 2
+    monkeypatch.setattr(tl_inputs, "READ_CHUNK", 5)
+    rows, columns = np.array([7, 2, 19, 3, 11, 0, 22]), np.array([1, 4])
+    np.testing.assert_allclose(tl_inputs.mean_rows(adata, None, None), dense.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(tl_inputs.mean_rows(adata, rows, None, columns),
+                               dense[np.ix_(rows, columns)].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(tl_inputs.mean_rows(adata, rows, "counts"),
+                               2 * dense[rows].mean(0), rtol=1e-6)

@@ -13,23 +13,8 @@ from .._docs import EXAMPLE_FITTED, PLOT_RETURNS, doc_params, plot_arguments
 from ..metrics import r2_mean
 from ..tl import _inputs as inputs
 from ..tl._predict import gene_space
-from ..tl._schema import pca_projection, split_key
+from ..tl._schema import HELD_OUT, pca_genes, split_key
 from . import _utils as utils
-
-
-def _mean_rows(adata: AnnData, rows: np.ndarray, layer: str | None,
-               columns: np.ndarray | None = None) -> np.ndarray:
-    """Per-column mean of ``X`` (or ``layer``) over ``rows``, read in chunks (sparse stays sparse)."""
-    matrix = inputs.get_matrix(adata, None, layer)
-    total = None
-    rows = np.sort(np.asarray(rows))
-    for start in range(0, len(rows), inputs.READ_CHUNK):
-        block = matrix[rows[start : start + inputs.READ_CHUNK]]
-        if columns is not None:
-            block = block[:, columns]
-        part = np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
-        total = part if total is None else total + part
-    return total / len(rows)
 
 
 def _changes(adata: AnnData, stored: dict, p: dict, control_rows: np.ndarray,
@@ -44,20 +29,19 @@ def _changes(adata: AnnData, stored: dict, p: dict, control_rows: np.ndarray,
                 f"The maps were fitted on {inputs.representation_name(None, fit_layer)}, so "
                 f"predictions live there; layer={layer!r} is not comparable."
             )
-        control = _mean_rows(adata, control_rows, fit_layer)
+        control = inputs.mean_rows(adata, control_rows, fit_layer)
         predicted_change = predicted.mean(axis=0) - control
-        observed_change = _mean_rows(adata, target_rows, fit_layer) - control
+        observed_change = inputs.mean_rows(adata, target_rows, fit_layer) - control
         return predicted_change, observed_change, genes, "gene"
     control_rep = inputs.read_rows(adata, control_rows, use_rep, None).mean(axis=0, keepdims=True)
     predicted_rep = predicted.mean(axis=0, keepdims=True)
     # The PCA back-projection is linear: the mean of projections is the projection of means.
     predicted_genes = gene_space(stored, predicted_rep)
     if predicted_genes is not None:
-        loadings, _ = pca_projection(stored)
-        columns = np.flatnonzero(np.abs(loadings).sum(axis=1) > 0)
+        columns = pca_genes(stored)
         predicted_change = (predicted_genes - gene_space(stored, control_rep))[0, columns]
-        control = _mean_rows(adata, control_rows, layer, columns)
-        observed_change = _mean_rows(adata, target_rows, layer, columns) - control
+        control = inputs.mean_rows(adata, control_rows, layer, columns)
+        observed_change = inputs.mean_rows(adata, target_rows, layer, columns) - control
         return predicted_change, observed_change, genes[columns], "gene"
     if layer is not None:
         raise ValueError(
@@ -233,7 +217,7 @@ def _compared_cells(adata: AnnData, key: str, source_rows: np.ndarray,
     split = split_key(key)
     if split not in adata.obs:
         return np.ones(len(source_rows), dtype=bool), target_rows, "all cells"
-    held = (adata.obs[split].astype(str) == "held_out").to_numpy()
+    held = (adata.obs[split].astype(str) == HELD_OUT).to_numpy()
     if held[source_rows].sum() >= 2 and held[target_rows].sum() >= 2:
         return held[source_rows], target_rows[held[target_rows]], "held-out cells"
     warnings.warn(

@@ -28,6 +28,7 @@ from ._schema import (
     find_maps,
     fit_params,
     map_label,
+    pca_genes,
     pca_projection,
     read_fitted,
     split_key,
@@ -46,9 +47,8 @@ class _PcaGenes:
     """Gene space of maps fitted on a scanpy PCA: back-projection vs the measured ``X``."""
 
     def __init__(self, adata: AnnData, stored: dict) -> None:
-        loadings, _ = pca_projection(stored)
         self.adata, self.stored = adata, stored
-        self.genes = np.flatnonzero(np.abs(loadings).sum(axis=1) > 0)
+        self.genes = pca_genes(stored)
 
     def observed(self, rows: np.ndarray) -> np.ndarray:
         return inputs.read_rows(self.adata, rows, None, None)[:, self.genes]

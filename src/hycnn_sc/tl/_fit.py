@@ -93,11 +93,7 @@ def _pca_projection(adata: AnnData, use_rep: str | None) -> tuple[np.ndarray, np
     if components.shape[1] != adata.obsm["X_pca"].shape[1] or adata.X is None:
         return None
     try:
-        mean = np.zeros(adata.n_vars, dtype=np.float64)
-        for start in range(0, adata.n_obs, inputs.READ_CHUNK):
-            block = adata.X[start : start + inputs.READ_CHUNK]
-            mean += np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
-        mean = (mean / adata.n_obs).astype(np.float32)
+        mean = inputs.mean_rows(adata, None, None).astype(np.float32)
         # scanpy centres with the mean of the cells it was run on; check it reproduces X_pca.
         rows = np.arange(min(adata.n_obs, 200))
         sample = inputs.read_rows(adata, rows, None, None, what="the PCA check")

@@ -171,6 +171,27 @@ def representation_name(use_rep: str | None, layer: str | None) -> str:
     return f"obsm[{use_rep!r}]" if use_rep else (f"layers[{layer!r}]" if layer else "X")
 
 
+def mean_rows(adata: AnnData, rows: np.ndarray | None, layer: str | None,
+              columns: np.ndarray | None = None) -> np.ndarray:
+    """Per-column float64 mean of ``X`` (or ``layer``) over ``rows`` (None: all cells).
+
+    Read in chunks of ``READ_CHUNK`` rows (sparse blocks stay sparse, backed ``X`` is read
+    chunk by chunk); ``columns`` restricts the columns.
+    """
+    matrix = get_matrix(adata, None, layer)
+    if rows is not None:
+        rows = np.sort(np.asarray(rows))
+    n_rows = adata.n_obs if rows is None else len(rows)
+    total = np.zeros(matrix.shape[1] if columns is None else len(columns), dtype=np.float64)
+    for start in range(0, n_rows, READ_CHUNK):
+        block = (matrix[start : start + READ_CHUNK] if rows is None
+                 else matrix[rows[start : start + READ_CHUNK]])
+        if columns is not None:
+            block = block[:, columns]
+        total += np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
+    return total / n_rows
+
+
 def read_rows(adata: AnnData, rows: np.ndarray, use_rep: str | None, layer: str | None,
               *, what: str = "the representation") -> np.ndarray:
     """Dense float32 ``[len(rows), d]`` block of the representation, read in chunks.

@@ -224,6 +224,14 @@ def pca_projection(stored: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] |
             np.asarray(representation["pca_mean"], dtype=np.float32))
 
 
+def pca_genes(stored: Mapping[str, Any]) -> np.ndarray | None:
+    """Indices of the genes with non-zero PCA loadings (scanpy PCA fits only, else None)."""
+    projection = pca_projection(stored)
+    if projection is None:
+        return None
+    return np.flatnonzero(np.abs(projection[0]).sum(axis=1) > 0)
+
+
 def stored_conditional(stored: Mapping[str, Any], *, device: str = "auto") -> ConditionalTransportMap:
     """The shared :class:`ConditionalTransportMap` of a conditional fit."""
     return decode_conditional(stored["conditional"], device=device)
