@@ -54,13 +54,15 @@ def linear_data():
 
 
 def test_auto_budget_stops_when_a_cycle_does_not_help(linear_data):
-    """A linear truth: the warm start is already optimal, so one cycle finds nothing better."""
+    """A linear truth: the warm start is already optimal. The first cycle is rejected, the
+    exploration that follows (1,000 iterations from its end) does not beat the warm start
+    beyond the noise, so the warm start is restored."""
     tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
-    assert len(tmap.history_["loss_f"]) == 500
+    assert len(tmap.history_["loss_f"]) == 1500
     assert tmap.converged_
-    assert list(tmap.history_["cycle_start"]) == [0]
+    assert list(tmap.history_["cycle_start"]) == [0, 500]
     assert tmap.best_iteration_ == 0  # the warm start was restored
-    assert tmap.history_["selection_iteration"][-1] == 500
+    assert tmap.history_["selection_iteration"][-1] == 1500
     assert tmap.get_params()["n_iters"] == "auto"
 
 
@@ -107,6 +109,66 @@ def test_auto_budget_keeps_the_best_cycle(monkeypatch, linear_data):
     assert tmap.converged_
 
 
+def _scripted_cycles(monkeypatch, *cycles):
+    """Held-out energies of successive cycles of 20, 40, 80, ... iterations (21 checks each:
+    the cycle's start, then every twentieth of it), with a small jitter for the paired SE."""
+    monkeypatch.setattr("hycnn_sc.models.transport.AUTO_FIRST_CYCLE", 20)
+    rng = np.random.default_rng(0)
+    curve = iter(np.concatenate([np.linspace(a, b, 21) for a, b in cycles] + [np.full(400, 9.0)]))
+
+    def profiles(*args):
+        jitter = torch.as_tensor(rng.normal(scale=1e-3, size=(3, 50)))
+        return [minimax.EnergyProfile(float(next(curve)), *jitter)]
+
+    monkeypatch.setattr(minimax, "_validation_profiles", profiles)
+
+
+def test_auto_budget_explores_past_a_first_cycle_that_got_worse(monkeypatch, linear_data):
+    """Still at the warm start: a worse first cycle is not undone; the next cycle, continued
+    from its end, beats the warm start beyond the noise and is kept."""
+    _scripted_cycles(monkeypatch, (1.0, 1.2), (1.2, 0.5), (0.5, 0.5))
+    tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
+    assert list(tmap.history_["cycle_start"]) == [0, 20, 60]
+    assert tmap.best_iteration_ == 60  # the end of the exploration; the flat third cycle undone
+    assert tmap.converged_
+
+
+def _warm_start_map(linear_data):
+    """The map of the same fit stopped after its first cycle (the warm start restored)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(minimax, "MAX_EXPLORATIONS", 0)
+        _scripted_cycles(patch, (1.0, 1.2))
+        return TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
+
+
+def test_auto_budget_restores_the_warm_start_after_exploring_in_vain(monkeypatch, linear_data):
+    """Falling cycles that never beat the warm start: after MAX_EXPLORATIONS the warm start
+    comes back, weights and all."""
+    reference = _warm_start_map(linear_data)
+    assert list(reference.history_["cycle_start"]) == [0]
+    _scripted_cycles(monkeypatch, (1.0, 1.2), (1.2, 1.1), (1.1, 1.05), (1.05, 1.02))
+    tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
+    assert minimax.MAX_EXPLORATIONS == 3
+    assert list(tmap.history_["cycle_start"]) == [0, 20, 60, 140]
+    assert tmap.best_iteration_ == 0
+    np.testing.assert_array_equal(tmap.transport(linear_data[0]),
+                                  reference.transport(linear_data[0]))
+
+
+def test_auto_budget_stops_exploring_when_a_cycle_climbs(monkeypatch, linear_data):
+    _scripted_cycles(monkeypatch, (1.0, 1.2), (1.2, 1.3))
+    tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
+    assert list(tmap.history_["cycle_start"]) == [0, 20]
+    assert tmap.best_iteration_ == 0
+
+
+def test_exploration_needs_a_gain_beyond_the_noise(monkeypatch, linear_data):
+    """An exploring cycle that ends barely below the warm start (within the noise) is not kept."""
+    _scripted_cycles(monkeypatch, (1.0, 1.2), (1.2, 0.99995), (0.99995, 0.9999), (0.9999, 0.9998))
+    tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
+    assert tmap.best_iteration_ == 0
+
+
 def test_short_fixed_budget_on_a_moving_target_is_not_converged():
     """Far from the optimum after a short budget: the flag is false and a warning says why."""
     rng = np.random.default_rng(3)
@@ -121,7 +183,7 @@ def test_short_fixed_budget_on_a_moving_target_is_not_converged():
 def test_auto_without_validation_is_a_fixed_budget(linear_data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tmap = TransportMap(hidden=(8,), residual=1.0, validation_fraction=0.0, seed=0,
+        tmap = TransportMap(hidden=(8,), residual=1.0, selection_fraction=0.0, seed=0,
                             device="cpu").fit(*linear_data)
     assert len(tmap.history_["loss_f"]) == 1000
 
