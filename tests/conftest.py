@@ -81,3 +81,14 @@ def kang_hvg_base(kang_base):
     adata.X = np.asarray(adata.X.toarray(), dtype=np.float32)
     del adata.obsm["X_pca"], adata.varm["PCs"], adata.uns["pca"]
     return adata
+
+
+def with_pre_rename_names(state: dict) -> dict:
+    """A saved estimator state as hycnn_sc wrote it before 0.3 (``validation_*`` parameter and
+    history names), to test that old states still load."""
+    renames = {"selection_fraction": "validation_fraction", "selection_every": "validation_every",
+               "history/selection_iteration": "history/validation_iteration",
+               "history/selection_energy": "history/validation_energy"}
+    return {**state,
+            "params": {renames.get(k, k): v for k, v in state["params"].items()},
+            "arrays": {renames.get(k, k): v for k, v in state["arrays"].items()}}

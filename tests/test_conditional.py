@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import with_pre_rename_names
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import NotFittedError
@@ -210,11 +211,7 @@ def test_renamed_keywords_and_old_states(tmp_path):
     assert "validation_fraction" not in state["params"]
     assert state["params"]["selection_fraction"] == 0.2
     # A state written before the rename: old parameter and history names.
-    renames = {"selection_fraction": "validation_fraction", "selection_every": "validation_every",
-               "history/selection_iteration": "history/validation_iteration",
-               "history/selection_energy": "history/validation_energy"}
-    state["params"] = {renames.get(k, k): v for k, v in state["params"].items()}
-    state["arrays"] = {renames.get(k, k): v for k, v in state["arrays"].items()}
+    state = with_pre_rename_names(state)
     loaded = ConditionalTransportMap.from_state(state, device="cpu")
     assert loaded.selection_fraction == 0.2 and set(loaded.history_) == set(new.history_)
     np.testing.assert_array_equal(loaded.transport(control, "A+B"), new.transport(control, "A+B"))

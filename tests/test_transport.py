@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import with_pre_rename_names
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 
@@ -301,11 +302,7 @@ def test_state_with_the_old_names_loads(tiny_data) -> None:
     source, target = tiny_data
     tmap = fit(source, target, seed=0, selection_fraction=0.2, **TINY)
     state = tmap.get_state()
-    renames = {"selection_fraction": "validation_fraction", "selection_every": "validation_every",
-               "history/selection_iteration": "history/validation_iteration",
-               "history/selection_energy": "history/validation_energy"}
-    state["params"] = {renames.get(k, k): v for k, v in state["params"].items()}
-    state["arrays"] = {renames.get(k, k): v for k, v in state["arrays"].items()}
+    state = with_pre_rename_names(state)
     loaded = TransportMap.from_state(state, device="cpu")
     assert loaded.selection_fraction == 0.2 and loaded.validation_fraction == "deprecated"
     assert set(loaded.history_) == set(tmap.history_)
