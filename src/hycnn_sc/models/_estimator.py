@@ -90,7 +90,7 @@ class MinimaxEstimator(BaseEstimator):
             n_iters=n_iters if train_network else 0, inner_steps=self.inner_steps,
             batch_size=self.batch_size, lr=self.lr, lr_final_fraction=self.lr_final_fraction,
             lr_warmup_fraction=self.lr_warmup_fraction, betas=tuple(self.betas),
-            selection_every=self._selection_every or max(n_iters // 20, 1),
+            selection_every=self._selection_every,
             tau=tau if self.model == "hycnn" else None, tau_schedule=self.tau_schedule,
             tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
         )

@@ -18,12 +18,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._convex_base import potential_gradient
+from ._selection import SELECTION_Z
 from .objectives import inner_objective, outer_objective
 from .schedules import cosine_factor, tau_at
 
 #: An improvement of the held-out energy distance counts when it exceeds this many standard
 #: errors of the paired difference (one-sided 5 %, the selection rule's level).
-IMPROVEMENT_Z = 1.645
+IMPROVEMENT_Z = SELECTION_Z
 #: ``n_iters="auto"``: cycles over which progress is judged against the noise (the last two).
 MIN_CYCLES = 2
 #: ``n_iters="auto"``: doubled cycles a model still at its warm start may run past a rejected
@@ -62,9 +63,9 @@ class StackedSamples:
         self._offsets_on_device = self.offsets.to(device)
         self._sizes_on_device = self.sizes.to(device)
         self._device_generators: dict[int, torch.Generator] = {}
-        self.arrays = list(arrays)
-        #: Indices of the clouds :meth:`sample` draws from (None: all), set per training step
-        #: when one step covers a subset of many conditions.
+        self._padded: torch.Tensor | None = None
+        #: Indices of the clouds :meth:`sample` draws from (None: all; on the data's device),
+        #: set per training step when one step covers a subset of many conditions.
         self.active: torch.Tensor | None = None
 
     def _generator_on_device(self, generator: torch.Generator) -> torch.Generator:
@@ -85,21 +86,22 @@ class StackedSamples:
         """
         sizes, offsets = self._sizes_on_device, self._offsets_on_device
         if self.active is not None:
-            active = self.active.to(sizes.device)
-            sizes, offsets = sizes[active], offsets[active]
+            sizes, offsets = sizes[self.active], offsets[self.active]
         uniform = torch.rand(len(sizes), batch_size, device=sizes.device,
                              generator=self._generator_on_device(generator))
         index = (uniform * sizes.unsqueeze(1)).long().clamp_max_(sizes.unsqueeze(1) - 1)
         return self.values[index + offsets.unsqueeze(1)]
 
     def padded(self) -> torch.Tensor:
-        """All clouds as ``[n_models, max_size, d]``, shorter ones padded by repetition."""
-        longest = int(self.sizes.max())
-        rows = [
-            torch.arange(longest) % size + offset
-            for size, offset in zip(self.sizes.tolist(), self.offsets.tolist(), strict=True)
-        ]
-        return self.values[torch.stack(rows).to(self.values.device)]
+        """All clouds as ``[n_models, max_size, d]``, shorter ones padded by repetition (built once)."""
+        if self._padded is None:
+            longest = int(self.sizes.max())
+            rows = [
+                torch.arange(longest) % size + offset
+                for size, offset in zip(self.sizes.tolist(), self.offsets.tolist(), strict=True)
+            ]
+            self._padded = self.values[torch.stack(rows).to(self.values.device)]
+        return self._padded
 
 
 @dataclass
@@ -176,7 +178,8 @@ class MinimaxSettings:
     lr_final_fraction: float
     lr_warmup_fraction: float
     betas: tuple[float, float]
-    selection_every: int
+    #: Validate every this many iterations (``None``: 20 times per schedule).
+    selection_every: int | None
     tau: float | None
     tau_schedule: str | None
     tau_final: float
@@ -362,6 +365,7 @@ class _MinimaxLoop:
         self.g_params = list(g.parameters())
         self.lr_scale = 1.0
         device = next(f.parameters()).device
+        self.every = s.selection_every or max(s.n_iters // 20, 1)
         self.check_every = s.finite_check_every or (
             1 if device.type == "cpu" else ACCELERATOR_CHECK_EVERY)
         #: ``[n_iters, 2, n_models]``: the outer (f) and inner (g) losses, kept on the device.
@@ -500,7 +504,7 @@ class _MinimaxLoop:
             for iteration in bar:
                 self.step(iteration, source, target, generator)
                 done = iteration + 1
-                due = done % s.selection_every == 0 or done == s.n_iters
+                due = done % self.every == 0 or done == s.n_iters
                 if not (due or done % self.check_every == 0):
                     continue
                 bad = self.first_nonfinite(done)
@@ -563,7 +567,6 @@ def train_in_cycles(
     *,
     first_cycle: int,
     max_iters: int,
-    selection_every: int | None = None,
 ) -> MinimaxResult:
     """A held-out-driven budget: cosine cycles of doubling length while they still help.
 
@@ -587,16 +590,14 @@ def train_in_cycles(
     keeps the warm start when the truth is linear.
 
     A model has converged when its last cycle did not improve beyond the noise (and it was not
-    stopped by ``max_iters`` while exploring). Each cycle validates every ``selection_every``
-    iterations (``None``: 20 times per cycle).
+    stopped by ``max_iters`` while exploring). Each cycle validates every
+    ``settings.selection_every`` iterations (``None``: 20 times per cycle).
     """
     budget = _CycleBudget(f, g, len(source.sizes))
     length, used, cycles = first_cycle, 0, []
     while True:
-        every = selection_every or max(length // 20, 1)
         result = train_minimax(
-            f, g, source, target,
-            replace(settings, n_iters=length, selection_every=every, keep_last=True),
+            f, g, source, target, replace(settings, n_iters=length, keep_last=True),
             generator, validation)
         cycles.append(result)
         if result.interrupted or result.stopped_early:  # the best iterate was kept
@@ -647,8 +648,8 @@ class _CycleBudget:
         undo = ~keep & ~explore
         if keep.any():
             rows = torch.as_tensor(keep)
-            _copy_rows(self.kept_f, _snapshot(self.f), rows)
-            _copy_rows(self.kept_g, _snapshot(self.g), rows)
+            _keep_improved(self.kept_f, self.f, rows)
+            _keep_improved(self.kept_g, self.g, rows)
             self.best_iteration[keep] = used
         if undo.any():  # back to the kept weights of the models this cycle did not improve
             _restore(self.f, self.kept_f, undo, self.shared)

@@ -575,8 +575,10 @@ class ConditionalTransportMap(MinimaxEstimator):
                 unknown = (torch.rand(per_step, generator=generator) < self.context_dropout
                            if has_context and self.context_dropout > 0 else None)
             device = f.singles.device
+            if active is not None:  # moved once per step, for the potentials and the samplers
+                active = active.to(device)
             for module in (f, g):
-                module.active = None if active is None else active.to(device)
+                module.active = active
                 module.unknown = None if unknown is None else unknown.to(device)
             for samples in (source, target):
                 samples.active = active

@@ -461,8 +461,7 @@ class TransportMap(MinimaxEstimator):
         settings = self._minimax_settings(n_iters, train_network)
         if cap is not None and train_network:
             result = train_in_cycles(f, g, source, target, settings, generator, validation,
-                                     first_cycle=n_iters, max_iters=cap,
-                                     selection_every=self._selection_every)
+                                     first_cycle=n_iters, max_iters=cap)
         else:
             result = train_minimax(f, g, source, target, settings, generator, validation)
         if train_network and use_validation and not result.converged.all():
