@@ -33,14 +33,17 @@ Returns
 -------
 The Figure with ``return_fig=True``; else the Axes when ``show=False``; else ``None``."""
 
-#: The start of an Examples section that needs fitted maps under ``adata.uns["hycnn"]``.
-EXAMPLE_FITTED = """\
+#: The start of an Examples section that fits its own maps: the shipped Kang cells with PCA.
+EXAMPLE_DATA = """\
 >>> import scanpy as sc
 >>> import hycnn_sc as hs
 >>> adata = hs.datasets.kang_ifnb1k()
 >>> sc.pp.normalize_total(adata)
 >>> sc.pp.log1p(adata)
->>> sc.pp.pca(adata, n_comps=20)
+>>> sc.pp.pca(adata, n_comps=20)"""
+
+#: The start of an Examples section that needs fitted maps under ``adata.uns["hycnn"]``.
+EXAMPLE_FITTED = EXAMPLE_DATA + """
 >>> hs.tl.fit_transport(adata, groupby="condition", source="control",
 ...                     n_iters=20, hidden=(8,), warm_start_iters=20)"""
 

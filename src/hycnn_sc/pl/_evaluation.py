@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .._docs import EXAMPLE_FITTED, PLOT_RETURNS, doc_params, plot_arguments
+from .._docs import EXAMPLE_DATA, PLOT_RETURNS, doc_params, plot_arguments
 from . import _utils as utils
 
 _BASELINE_COLORS = {"identity": "#9e9e9e", "mean_shift": "tab:green", "gaussian_ot": "tab:purple"}
@@ -60,7 +60,7 @@ def _categories(table: pd.DataFrame, by: str) -> pd.Series:
 
 
 @doc_params(plot_arguments=plot_arguments("hycnn_evaluation"), plot_returns=PLOT_RETURNS,
-            example_fitted=EXAMPLE_FITTED)
+            example_data=EXAMPLE_DATA)
 def evaluation(
     adata: AnnData,
     *,
@@ -109,7 +109,7 @@ def evaluation(
 
     Examples
     --------
-    {example_fitted}
+    {example_data}
     >>> hs.tl.fit_transport(adata, groupby="condition", source="control",  # hold 20 % out
     ...                     holdout_fraction=0.2, n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> table = hs.tl.evaluate(adata, by="cell_type")

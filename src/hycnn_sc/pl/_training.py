@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .._docs import EXAMPLE_FITTED, doc_params, plot_arguments
-from ..models._estimator import RENAMED_HISTORY
+from ..tl._schema import stored_history
 from . import _utils as utils
 
 _F_COLOR, _G_COLOR = "tab:blue", "tab:orange"
@@ -39,8 +39,8 @@ def _history(entry: dict) -> dict[str, np.ndarray]:
             "A stored map has no training history (loss_f, loss_g): run "
             "hycnn_sc.tl.fit_transport first (or refit with this hycnn_sc version)."
         )
-    out = {RENAMED_HISTORY.get(name, name): np.asarray(value, dtype=np.float64).ravel()
-           for name, value in history.items()}
+    out = {name: np.asarray(value, dtype=np.float64).ravel()
+           for name, value in stored_history(entry).items()}
     out.setdefault("selection_iteration", np.empty(0))
     out.setdefault("selection_energy", np.empty(0))
     return out

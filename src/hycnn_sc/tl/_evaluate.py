@@ -11,11 +11,11 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import metrics
-from .._docs import EXAMPLE_FITTED, doc_params
+from .._docs import EXAMPLE_DATA, doc_params
 from ..models._utils import resolve_device
 from . import _inputs as inputs
 from ._decode import ScviDecoder, check_model
-from ._holdout import baseline_predictions, evaluate_holdout, subsample
+from ._holdout import BASELINES, baseline_predictions, evaluate_holdout, subsample
 from ._predict import gene_space, query_groups
 from ._schema import (
     EVALUATION,
@@ -34,8 +34,7 @@ from ._schema import (
     split_key,
 )
 
-#: Methods reported beside the model, in table order.
-BASELINES = ("identity", "mean_shift", "gaussian_ot")
+#: Metrics of every comparison.
 METRICS = ("mmd", "energy_distance", "r2_mean", "signature_l2")
 #: cell-eval's scores, in gene space only (``nan`` in the representation's rows).
 GENE_METRICS = metrics.GENE_SPACE_METRICS
@@ -105,7 +104,7 @@ def _score(predicted: np.ndarray, observed: np.ndarray, control: np.ndarray) -> 
     }
 
 
-@doc_params(example_fitted=EXAMPLE_FITTED)
+@doc_params(example_data=EXAMPLE_DATA)
 def evaluate(
     adata: AnnData,
     *,
@@ -203,7 +202,7 @@ def evaluate(
 
     Examples
     --------
-    {example_fitted}
+    {example_data}
     >>> hs.tl.fit_transport(adata, groupby="condition", source="control",  # hold 20 % out
     ...                     holdout_fraction=0.2, n_iters=20, hidden=(8,), warm_start_iters=20)
     >>> table = hs.tl.evaluate(adata)

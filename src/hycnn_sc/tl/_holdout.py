@@ -20,6 +20,8 @@ from ._schema import FitParams, fit_params
 
 #: Fewest cells of a held-out group per side for that fold to be scored.
 MIN_FOLD_CELLS = 4
+#: The baselines scored beside every map, in table order (see :func:`baseline_predictions`).
+BASELINES = ("identity", "mean_shift", "gaussian_ot")
 
 
 def subsample(rows: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
@@ -170,8 +172,7 @@ def _sorted_table(records: list[dict[str, Any]], model_name: str) -> pd.DataFram
                "residual_weight"]
     table = pd.DataFrame.from_records(records).reindex(columns=columns)
     table["frame"] = table["frame"].fillna("").astype(str)  # h5ad-writable: no NaN in strings
-    order = {name: i for i, name in enumerate([model_name, "identity", "mean_shift",
-                                               "gaussian_ot", "observed"])}
+    order = {name: i for i, name in enumerate([model_name, *BASELINES, "observed"])}
     return table.sort_values(
         ["holdout", "target", "method"],
         key=lambda column: column.map(order) if column.name == "method" else column,

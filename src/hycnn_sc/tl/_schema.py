@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import json_default
-from ..models._estimator import RENAMED_PARAMS
+from ..models._estimator import RENAMED_HISTORY, RENAMED_PARAMS
 from ..models.conditional_transport import ConditionalTransportMap, FixedConditionMap
 from ..models.transport import TransportMap
 
@@ -222,6 +222,11 @@ def pca_projection(stored: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] |
         return None
     return (np.asarray(representation["pca_components"], dtype=np.float32),
             np.asarray(representation["pca_mean"], dtype=np.float32))
+
+
+def stored_history(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored map's training history under the current names (older files: ``validation_*``)."""
+    return {RENAMED_HISTORY.get(name, name): value for name, value in entry["history"].items()}
 
 
 def pca_genes(stored: Mapping[str, Any]) -> np.ndarray | None:
