@@ -20,7 +20,7 @@ from _common import machine, print_table
 
 from hycnn_sc.models._convex_base import potential_gradient
 from hycnn_sc.models._factory import build_potential
-from hycnn_sc.models._minimax import MinimaxSettings, StackedSamples, train_minimax
+from hycnn_sc.models._minimax import MinimaxSettings, StackedSamples, set_gradients, train_minimax
 from hycnn_sc.models.objectives import inner_objective, outer_objective
 
 MODELS = (("HyCNN 48x4", "hycnn", (48,) * 4, 0.3), ("ICNN 64x4", "icnn", (64,) * 4, None))
@@ -58,8 +58,7 @@ def split_ms(model, hidden, tau, dim: int, batch: int, repeats: int = 30) -> tup
 
     def inner():
         loss, _ = inner_objective(f, g, y)
-        for param, grad in zip(g_params, torch.autograd.grad(loss.sum(), g_params), strict=True):
-            param.grad = grad
+        set_gradients(loss.sum(), g_params)
         optimizer_g.step()
 
     def outer():
@@ -108,7 +107,7 @@ def main() -> None:
     with torch.profiler.profile() as profiler:
         for _ in range(20):
             loss, _ = inner_objective(f, g, y)
-            torch.autograd.grad(loss.sum(), list(g.parameters()))
+            set_gradients(loss.sum(), list(g.parameters()))
     print(f"\nTop operators of the HyCNN inner step (D = {args.dims[-1]}, batch {args.batches[0]}, "
           "20 steps):\n")
     print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))

@@ -56,6 +56,28 @@ def test_convex_in_x_for_every_condition(width, depth, tau, n_conditions, seed, 
     assert (((gx - gy) * (x - y)).sum(-1) >= -1e-9).all()  # monotone gradient
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    depth=st.integers(1, 3), tau=st.sampled_from([0.0, 0.3]), single=st.booleans(),
+    seed=st.integers(0, 10_000), family=st.sampled_from(["hycnn", "icnn"]),
+)
+def test_explicit_gradient_matches_autograd_for_every_condition(depth, tau, single, seed, family):
+    torch.manual_seed(seed)
+    d, c, m = 3, 4, 2
+    if family == "hycnn":
+        f = ConditionalHyCNN(d, c, hidden=(6,) * depth, tau=tau, condition_hidden=(8,))
+    else:
+        f = ConditionalICNN(d, c, hidden=(6,) * depth, condition_hidden=(8,), activation="softplus")
+    _randomise(f, seed)
+    f = f.double()
+    condition = torch.randn(1 if single else m, c, dtype=torch.float64)
+    x = torch.randn(*(() if single else (m,)), 9, d, dtype=torch.float64)
+    values, gradient = f.value_and_gradient(x, condition)
+    torch.testing.assert_close(values, f(x, condition))
+    reference = potential_gradient(lambda points: f(points, condition), x)
+    torch.testing.assert_close(gradient, reference)
+
+
 def test_condition_changes_the_potential_and_starts_neutral():
     f = ConditionalHyCNN(3, 2, hidden=(8, 8), tau=0.5)
     x = torch.randn(10, 3)

@@ -113,3 +113,33 @@ def test_cuda_sampling_stays_on_the_device():
     b = StackedSamples([np.zeros((4, 2), np.float32)], torch.device("cuda")).sample(
         3, torch.Generator().manual_seed(0))
     torch.testing.assert_close(a, b)
+
+
+def test_make_adam_is_fused_on_cpu_and_matches_the_default_update():
+    from hycnn_sc.models._utils import make_adam
+
+    torch.manual_seed(0)
+    first = torch.nn.Linear(4, 3)
+    second = torch.nn.Linear(4, 3)
+    second.load_state_dict(first.state_dict())
+    fused = make_adam(first.parameters(), lr=1e-2, betas=(0.5, 0.9))
+    plain = torch.optim.Adam(second.parameters(), lr=1e-2, betas=(0.5, 0.9))
+    assert fused.defaults["fused"] is True
+    x = torch.randn(16, 4)
+    for _ in range(5):
+        for module, optimizer in ((first, fused), (second, plain)):
+            optimizer.zero_grad()
+            module(x).square().sum().backward()
+            optimizer.step()
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_outer_objective_in_one_pass_equals_two_passes():
+    from hycnn_sc.models import HyCNN
+    from hycnn_sc.models.objectives import outer_objective
+
+    f = HyCNN(3, (8, 8), tau=0.3, n_models=2)
+    source, mapped = torch.randn(2, 10, 3), torch.randn(2, 6, 3)
+    expected = f(source).mean(-1) - f(mapped).mean(-1)
+    torch.testing.assert_close(outer_objective(f, source, mapped), expected)

@@ -9,6 +9,7 @@ inequality and the monotonicity of the gradient map, in float64.
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -406,3 +407,86 @@ def test_hidden_accepts_int_and_numpy_ints() -> None:
 def test_unknown_icnn_activation_raises(activation) -> None:
     with pytest.raises(ValueError, match="activation"):
         ICNN(2, (3,), activation=activation)
+
+
+# ---------------------------------------------------------------------------- explicit gradient
+def _autograd_parameter_gradients(net, x, explicit: bool):
+    """Parameter gradients of ``Σ‖∇f(x)‖²`` through the explicit or the autograd gradient."""
+    params = list(net.parameters())
+    gradient = potential_gradient(net, x, create_graph=True, autograd=not explicit)
+    grads = torch.autograd.grad(gradient.square().sum(), params, allow_unused=True,
+                                materialize_grads=True)
+    return gradient, grads
+
+
+@SETTINGS
+@given(
+    kind=st.sampled_from(["hycnn", "icnn"]),
+    tau=st.sampled_from([0.0, 0.1, 1.0]),
+    activation=st.sampled_from(ACTIVATIONS),
+    squared_first_layer=st.booleans(),
+    quadratic=st.sampled_from(["none", "isotropic", "full"]),
+    n_models=st.integers(1, 3),
+    stacked=st.booleans(),
+    **network_shapes,
+)
+def test_explicit_gradient_matches_autograd(
+    kind, tau, activation, squared_first_layer, quadratic, n_models, stacked, d, hidden, seed,
+    noise,
+) -> None:
+    kw = dict(n_models=n_models, isotropic_quadratic=0.5 if quadratic == "isotropic" else 0.0,
+              full_quadratic=quadratic == "full")
+    if kind == "hycnn":
+        kw.update(tau=tau)
+    else:
+        kw.update(activation=activation, quadratic=squared_first_layer)
+    net = random_network(kind, d, hidden, seed, noise, **kw)
+    shape = (n_models, 9, d) if stacked else (9, d)
+    x = 2.0 * torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    # torch's softplus is exactly linear above 20 (derivatives 1 and 0) while the explicit
+    # slope is the exact sigmoid: compare both with an unthresholded softplus.
+    with mock.patch.object(torch.nn.functional, "softplus", _exact_softplus):
+        values, gradient = net.value_and_gradient(x)
+        _assert_close_to_rounding(values, net(x))
+        _assert_close_to_rounding(gradient, potential_gradient(net, x, autograd=True))
+        explicit, explicit_grads = _autograd_parameter_gradients(net, x, explicit=True)
+        reference, reference_grads = _autograd_parameter_gradients(net, x, explicit=False)
+    _assert_close_to_rounding(explicit, reference)
+    for ours, theirs in zip(explicit_grads, reference_grads, strict=True):
+        _assert_close_to_rounding(ours, theirs)
+
+
+def _assert_close_to_rounding(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """float64 agreement up to rounding relative to the largest entry (sums over layers)."""
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-8 * (1 + float(theirs.abs().max())))
+
+
+def _exact_softplus(values: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
+    negative = torch.log1p(torch.exp(values.clamp(max=0.0)))
+    positive = values + torch.log1p(torch.exp(-values.clamp(min=0.0)))
+    return torch.where(values < 0, negative, positive)
+
+
+def test_explicit_gradient_with_modulation_matches_autograd() -> None:
+    net = random_network("hycnn", 4, (6, 5, 3), 3, noise=1.0, tau=0.3)
+    generator = torch.Generator().manual_seed(4)
+    modulation = torch.randn(3, sum(net.modulation_sizes), dtype=torch.float64, generator=generator)
+    x = torch.randn(3, 7, 4, dtype=torch.float64, generator=generator)
+    values, gradient = net.value_and_gradient(x, modulation)
+    torch.testing.assert_close(values, net(x, modulation))
+    reference = potential_gradient(lambda points: net(points, modulation), x)
+    torch.testing.assert_close(gradient, reference)
+
+
+def test_potential_gradient_without_graph_is_detached() -> None:
+    net = HyCNN(3, (8, 8), tau=0.5)
+    x = torch.randn(5, 3)
+    assert not potential_gradient(net, x).requires_grad
+    assert potential_gradient(net, x, create_graph=True).requires_grad
+
+
+def test_potential_gradient_falls_back_to_autograd_for_plain_modules() -> None:
+    net = MLP(3, (8,))
+    x = torch.randn(5, 3, dtype=torch.float32)
+    gradient = potential_gradient(net, x)
+    assert gradient.shape == x.shape and torch.isfinite(gradient).all()

@@ -113,6 +113,32 @@ class ConditionalPotential(nn.Module):
         -------
         ``[n]`` or ``[m, n]``.
         """
+        x, condition, single = self._batched(x, condition)
+        out = self.body(x, self.modulation(condition))
+        return out.squeeze(0) if single else out
+
+    def value_and_gradient(
+        self, x: torch.Tensor, condition: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f(x, c)`` and ``∇ₓf(x, c)`` by the body's explicit chain rule.
+
+        See :meth:`ConvexPotential.value_and_gradient`; shapes as :meth:`forward`, the
+        gradient shaped as ``x``.
+
+        Examples
+        --------
+        >>> f = ConditionalHyCNN(3, condition_features=2, hidden=(8, 8))
+        >>> values, gradient = f.value_and_gradient(torch.randn(5, 3), torch.randn(2))
+        >>> values.shape, gradient.shape
+        (torch.Size([5]), torch.Size([5, 3]))
+        """
+        x, condition, single = self._batched(x, condition)
+        values, gradient = self.body.value_and_gradient(x, self.modulation(condition))
+        return (values.squeeze(0), gradient.squeeze(0)) if single else (values, gradient)
+
+    def _batched(self, x: torch.Tensor, condition: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Check shapes; ``x`` as ``[m, n, d]``, conditions as ``[m, c]``, and whether ``x`` was 2-D."""
         if condition.shape[-1] != self.condition_features:
             raise ValueError(
                 f"Expected condition vectors of length {self.condition_features}, got shape "
@@ -127,8 +153,7 @@ class ConditionalPotential(nn.Module):
                 f"{x.shape[0]} point batch(es) for {condition.shape[0]} condition(s): pass one "
                 "condition per leading index of x."
             )
-        out = self.body(x, self.modulation(condition))
-        return out.squeeze(0) if single else out
+        return x, condition, single
 
 
 #: The size parameters of the conditional potentials, for docstrings.

@@ -99,6 +99,9 @@ class _Bound(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.potential(x, self.conditions(self.active, self.unknown))
 
+    def value_and_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.potential.value_and_gradient(x, self.conditions(self.active, self.unknown))
+
 
 class ConditionalTransportMap(MinimaxEstimator):
     """Squared-distance OT maps of many conditions from one partially input-convex network.

@@ -98,5 +98,17 @@ class HyCNN(ConvexPotential):
         first, second = pre.chunk(2, dim=-1)
         return smooth_max(first, second, self._tau)
 
+    def merge_with_slope(self, pre: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        first, second = pre.chunk(2, dim=-1)
+        difference = first - second
+        if self._tau == 0.0:
+            return second + F.relu(difference), (difference > 0).to(pre.dtype)
+        scaled = difference / self._tau
+        return second + self._tau * F.softplus(scaled), torch.sigmoid(scaled)
+
+    def merge_backward(self, slope: torch.Tensor, upstream: torch.Tensor, layer: int) -> torch.Tensor:
+        to_first = upstream * slope
+        return torch.cat([to_first, upstream - to_first], dim=-1)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, tau={self._tau}"

@@ -85,6 +85,16 @@ class ICNN(ConvexPotential):
             return F.leaky_relu(pre, NEGATIVE_SLOPE).square()
         return self._activation(pre)
 
+    def merge_with_slope(self, pre: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer == 0 and self.quadratic:
+            leaky = F.leaky_relu(pre, NEGATIVE_SLOPE)
+            return leaky.square(), 2.0 * leaky * _leaky_slope(pre)
+        if self.activation == "softplus":
+            return F.softplus(pre), torch.sigmoid(pre)
+        if self.activation == "leaky_relu":
+            return F.leaky_relu(pre, NEGATIVE_SLOPE), _leaky_slope(pre)
+        return F.relu(pre), (pre > 0).to(pre.dtype)
+
     def extra_repr(self) -> str:
         text = f"{super().extra_repr()}, activation={self.activation!r}"
         if self.quadratic:
@@ -92,3 +102,8 @@ class ICNN(ConvexPotential):
         if self.zero_skip_init:
             text += ", zero_skip_init=True"
         return text
+
+
+def _leaky_slope(pre: torch.Tensor) -> torch.Tensor:
+    """Derivative of ``leaky_relu(pre, NEGATIVE_SLOPE)`` (``NEGATIVE_SLOPE`` at 0, as torch's)."""
+    return torch.where(pre > 0, 1.0, NEGATIVE_SLOPE).to(pre.dtype)

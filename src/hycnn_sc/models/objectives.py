@@ -39,8 +39,16 @@ def inner_objective(
 def outer_objective(
     f: nn.Module, source_batch: torch.Tensor, mapped_target: torch.Tensor
 ) -> torch.Tensor:
-    """Loss of the outer problem (per model); ``mapped_target = ∇g(y)``, detached."""
-    return f(source_batch).mean(-1) - f(mapped_target).mean(-1)
+    """Loss of the outer problem (per model); ``mapped_target = ∇g(y)``, detached.
+
+    Both batches go through ``f`` as one batch (one pass, larger matrix products) when they
+    have the same leading shape.
+    """
+    if source_batch.shape[:-2] != mapped_target.shape[:-2]:
+        return f(source_batch).mean(-1) - f(mapped_target).mean(-1)
+    values = f(torch.cat([source_batch, mapped_target], dim=-2))
+    n_source = source_batch.shape[-2]
+    return values[..., :n_source].mean(-1) - values[..., n_source:].mean(-1)
 
 
 def dual_w2_squared(

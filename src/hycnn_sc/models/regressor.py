@@ -14,7 +14,7 @@ from .._validation import check_positive, make_generator
 from ._convex_base import potential_gradient
 from ._factory import DEFAULT_HIDDEN, build_potential, check_model_name
 from ._options import LR_SCHEDULES, REGRESSOR_MODELS, LRSchedule, RegressorModel, TauSchedule
-from ._utils import check_hidden, resolve_device
+from ._utils import check_hidden, make_adam, resolve_device
 from .mlp import MLP
 from .schedules import check_tau_schedule, cosine_factor, tau_at
 
@@ -164,7 +164,7 @@ class ConvexRegressor(RegressorMixin, BaseEstimator):
         network.to(device)
         inputs = torch.as_tensor((X - self.x_mean_) / self.x_scale_, device=device)
         targets = torch.as_tensor((y - self.y_mean_) / self.y_scale_, dtype=torch.float32, device=device)
-        optimizer = torch.optim.Adam(network.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = make_adam(network.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         batch_size = min(self.batch_size, len(X))
         n_batches = -(-len(X) // batch_size)
         total_steps = self.epochs * n_batches
