@@ -92,3 +92,11 @@ def with_pre_rename_names(state: dict) -> dict:
     return {**state,
             "params": {renames.get(k, k): v for k, v in state["params"].items()},
             "arrays": {renames.get(k, k): v for k, v in state["arrays"].items()}}
+
+
+def exact_softplus(values: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
+    """softplus without torch's linear cut-off above 20 (exact first and second derivatives),
+    for comparing the explicit gradient with double backward."""
+    negative = torch.log1p(torch.exp(values.clamp(max=0.0)))
+    positive = values + torch.log1p(torch.exp(-values.clamp(min=0.0)))
+    return torch.where(values < 0, negative, positive)

@@ -14,10 +14,12 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from conftest import exact_softplus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hycnn_sc.models import ICNN, MLP, HyCNN, potential_gradient, smooth_max
+from hycnn_sc.models._convex_base import ConvexPotential as ConvexPotentialBase
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -445,7 +447,7 @@ def test_explicit_gradient_matches_autograd(
     x = 2.0 * torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     # torch's softplus is exactly linear above 20 (derivatives 1 and 0) while the explicit
     # slope is the exact sigmoid: compare both with an unthresholded softplus.
-    with mock.patch.object(torch.nn.functional, "softplus", _exact_softplus):
+    with mock.patch.object(torch.nn.functional, "softplus", exact_softplus):
         values, gradient = net.value_and_gradient(x)
         _assert_close_to_rounding(values, net(x))
         _assert_close_to_rounding(gradient, potential_gradient(net, x, autograd=True))
@@ -461,10 +463,6 @@ def _assert_close_to_rounding(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-8 * (1 + float(theirs.abs().max())))
 
 
-def _exact_softplus(values: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
-    negative = torch.log1p(torch.exp(values.clamp(max=0.0)))
-    positive = values + torch.log1p(torch.exp(-values.clamp(min=0.0)))
-    return torch.where(values < 0, negative, positive)
 
 
 def test_explicit_gradient_with_modulation_matches_autograd() -> None:
@@ -490,3 +488,39 @@ def test_potential_gradient_falls_back_to_autograd_for_plain_modules() -> None:
     x = torch.randn(5, 3, dtype=torch.float32)
     gradient = potential_gradient(net, x)
     assert gradient.shape == x.shape and torch.isfinite(gradient).all()
+
+
+def test_explicit_gradient_keeps_autograd_shapes_and_graph_semantics() -> None:
+    net = HyCNN(3, (8, 8), tau=0.5, n_models=2)
+    x = torch.randn(1, 5, 3)  # one batch broadcast over both stacked models
+    explicit = potential_gradient(net, x)
+    assert explicit.shape == potential_gradient(net, x, autograd=True).shape == x.shape
+    with torch.no_grad():  # create_graph asks for a graph even inside no_grad, as autograd does
+        assert potential_gradient(net, x, create_graph=True).requires_grad
+
+
+class _OnlyMerge(ICNN):
+    """A subclass that implements ``merge`` alone (no explicit slope)."""
+
+    def merge(self, pre: torch.Tensor, layer: int) -> torch.Tensor:
+        return torch.nn.functional.softplus(pre)
+
+    merge_with_slope = ConvexPotentialBase.merge_with_slope
+
+
+def test_subclass_without_slopes_falls_back_to_autograd() -> None:
+    net = _OnlyMerge(3, (8, 8))
+    assert not net.explicit_gradient and HyCNN(3, (4,)).explicit_gradient
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(potential_gradient(net, x), potential_gradient(net, x, autograd=True))
+
+
+def test_parameters_without_a_path_get_zero_gradients() -> None:
+    from hycnn_sc.models._minimax import set_gradients
+
+    net = HyCNN(3, (8, 8), tau=0.0)  # hard max: the gradient map does not depend on the biases
+    params = list(net.parameters())
+    set_gradients(potential_gradient(net, torch.randn(6, 3), create_graph=True).square().sum(),
+                  params)
+    assert all(p.grad is not None for p in params)
+    assert float(net.input_bias.grad.abs().max()) == 0.0

@@ -16,7 +16,9 @@ import pytest
 import scipy.sparse as sp
 from conftest import N_PCS, TINY_FIT
 
+from hycnn_sc.models import TransportMap
 from hycnn_sc.tl import evaluate, fit_transport, predict
+from hycnn_sc.tl._holdout import _refit_arguments
 from hycnn_sc.tl._schema import FitParams, decode_map
 
 EVALUATION_COLUMNS = [
@@ -145,6 +147,10 @@ def test_fit_params_record_round_trip_survives_h5ad(kang_fitted, tmp_path):
     assert record.use_rep == "X_pca" and record.layer is None and record.split_by is None
     assert record.targets == ["stimulated"] and record.holdout_fraction == 0.2
     assert record.model_params["n_iters"] == TINY_FIT["n_iters"] and not record.conditional
+    # the estimator's tuple arguments come back as tuples (JSON stores lists), ready to refit
+    arguments = _refit_arguments(record, "cpu")
+    assert isinstance(arguments["betas"], tuple) and arguments["betas"] == TransportMap().betas
+    TransportMap(**arguments)._validate_params()
     # to_uns writes what fit_transport stored (same keys, same values).
     again = record.to_uns()
     stored = kang_fitted.uns["hycnn"]["params"]

@@ -52,7 +52,9 @@ hidden
 class ConvexPotential(nn.Module):
     """Base class of input-convex scalar potentials ``f: R^d -> R`` (see module docstring).
 
-    Subclasses set :attr:`n_branches` and implement :meth:`merge`.
+    Subclasses set :attr:`n_branches` and implement :meth:`merge`; implementing
+    :meth:`merge_with_slope` (and :meth:`merge_backward` for more than one branch) as well
+    gives the fast explicit gradient :meth:`value_and_gradient`.
 
     Parameters
     ----------
@@ -174,8 +176,18 @@ class ConvexPotential(nn.Module):
                 self.in_features]
 
     def merge_with_slope(self, pre: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``merge(pre)`` and the local derivative that :meth:`merge_backward` needs."""
+        """``merge(pre)`` and the local derivative that :meth:`merge_backward` needs.
+
+        Optional: a subclass without it is differentiated by autograd (see
+        :attr:`explicit_gradient`).
+        """
         raise NotImplementedError
+
+    @property
+    def explicit_gradient(self) -> bool:
+        """Whether :meth:`value_and_gradient` is available (the subclass implements
+        :meth:`merge_with_slope`); :func:`potential_gradient` uses autograd otherwise."""
+        return type(self).merge_with_slope is not ConvexPotential.merge_with_slope
 
     def merge_backward(self, slope: torch.Tensor, upstream: torch.Tensor, layer: int) -> torch.Tensor:
         """Chain rule through :meth:`merge`: ``∂out/∂pre`` from ``∂out/∂z`` (``upstream``)."""
@@ -272,17 +284,20 @@ class ConvexPotential(nn.Module):
             slopes.append(slope)
             path_weights.append(path_weight)
         out = (z * weight).sum(-1) + skips[-1].squeeze(-1)
-        out = out + self._quadratic_value(x)
+        quadratic = self._quadratic_value(x)
+        if quadratic is not None:
+            out = out + quadratic
         gradient = None
         if with_gradient:
             gradient = self._backward(x, slopes, path_weights, scales, weight.expand_as(z), linear)
-        if gradient is not None and gradient.dim() > x.dim():  # x shared by the stacked models
-            gradient = gradient.sum(0)
+        if gradient is not None and gradient.shape != x.shape:  # x broadcast over stacked models
+            gradient = gradient.sum_to_size(x.shape)
         if x.dim() == 2 and self.n_models == 1:
             out = out.squeeze(0)
         return out, gradient
 
-    def _merge(self, pre: torch.Tensor, layer: int, with_slope: bool):
+    def _merge(self, pre: torch.Tensor, layer: int,
+               with_slope: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         if with_slope:
             return self.merge_with_slope(pre, layer)
         return self.merge(pre, layer), None
@@ -291,7 +306,7 @@ class ConvexPotential(nn.Module):
                   scales: list[torch.Tensor | None], upstream: torch.Tensor,
                   linear: torch.Tensor | None) -> torch.Tensor:
         """``∇f(x)`` by the chain rule from the output back to the stacked input path."""
-        pre_gradients = [None] * len(slopes)
+        pre_gradients: list[torch.Tensor] = [upstream] * len(slopes)  # filled from the top
         for layer in range(len(slopes) - 1, -1, -1):
             pre_gradient = self.merge_backward(slopes[layer], upstream, layer)
             pre_gradients[layer] = pre_gradient
@@ -304,24 +319,25 @@ class ConvexPotential(nn.Module):
         gradient = torch.matmul(torch.cat([*pre_gradients, ones], -1), self.input_weight)
         if linear is not None:
             gradient = gradient + linear
-        return gradient + self._quadratic_gradient(x)
+        quadratic = self._quadratic_gradient(x)
+        return gradient if quadratic is None else gradient + quadratic
 
-    def _quadratic_value(self, x: torch.Tensor) -> torch.Tensor | float:
+    def _quadratic_value(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.quadratic_weight_raw is not None:
             alpha = F.softplus(self.quadratic_weight_raw).unsqueeze(-1)
             return 0.5 * alpha * x.square().sum(-1)
         if self.quadratic_factor is not None:
             return 0.5 * torch.matmul(x, self.quadratic_factor.transpose(-1, -2)).square().sum(-1)
-        return 0.0
+        return None
 
-    def _quadratic_gradient(self, x: torch.Tensor) -> torch.Tensor | float:
+    def _quadratic_gradient(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.quadratic_weight_raw is not None:
             alpha = F.softplus(self.quadratic_weight_raw).reshape(-1, 1, 1)
             return alpha * x
         if self.quadratic_factor is not None:
             factor = self.quadratic_factor
             return torch.matmul(torch.matmul(x, factor.transpose(-1, -2)), factor)
-        return 0.0
+        return None
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
@@ -462,10 +478,8 @@ def potential_gradient(
     torch.Size([5, 3])
     """
     explicit = getattr(potential, "value_and_gradient", None)
-    if explicit is not None and not autograd:
-        if create_graph:
-            return explicit(x)[1]
-        with torch.no_grad():
+    if explicit is not None and getattr(potential, "explicit_gradient", False) and not autograd:
+        with torch.enable_grad() if create_graph else torch.no_grad():
             return explicit(x)[1]
     with torch.enable_grad():
         if not x.requires_grad:

@@ -72,5 +72,9 @@ def make_adam(params: Iterable[torch.nn.Parameter], **options: Any) -> torch.opt
     True
     """
     params = list(params)
-    fused = all(p.device.type in FUSED_ADAM_DEVICES and p.is_floating_point() for p in params)
-    return torch.optim.Adam(params, fused=True if fused else None, **options)
+    if all(p.device.type in FUSED_ADAM_DEVICES and p.is_floating_point() for p in params):
+        try:
+            return torch.optim.Adam(params, fused=True, **options)
+        except RuntimeError:  # torch < 2.4 has no fused Adam on the CPU
+            pass
+    return torch.optim.Adam(params, **options)

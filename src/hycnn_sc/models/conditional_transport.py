@@ -102,6 +102,10 @@ class _Bound(nn.Module):
     def value_and_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.potential.value_and_gradient(x, self.conditions(self.active, self.unknown))
 
+    @property
+    def explicit_gradient(self) -> bool:
+        return self.potential.body.explicit_gradient
+
 
 class ConditionalTransportMap(MinimaxEstimator):
     """Squared-distance OT maps of many conditions from one partially input-convex network.

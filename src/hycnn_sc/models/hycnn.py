@@ -101,7 +101,7 @@ class HyCNN(ConvexPotential):
     def merge_with_slope(self, pre: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         first, second = pre.chunk(2, dim=-1)
         difference = first - second
-        if self._tau == 0.0:
+        if self._tau == 0.0:  # smooth_max's two forms, sharing the difference with the slope
             return second + F.relu(difference), (difference > 0).to(pre.dtype)
         scaled = difference / self._tau
         return second + self._tau * F.softplus(scaled), torch.sigmoid(scaled)

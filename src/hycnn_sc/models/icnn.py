@@ -89,11 +89,9 @@ class ICNN(ConvexPotential):
         if layer == 0 and self.quadratic:
             leaky = F.leaky_relu(pre, NEGATIVE_SLOPE)
             return leaky.square(), 2.0 * leaky * _leaky_slope(pre)
-        if self.activation == "softplus":
-            return F.softplus(pre), torch.sigmoid(pre)
-        if self.activation == "leaky_relu":
-            return F.leaky_relu(pre, NEGATIVE_SLOPE), _leaky_slope(pre)
-        return F.relu(pre), (pre > 0).to(pre.dtype)
+        slope = {"softplus": torch.sigmoid, "leaky_relu": _leaky_slope,
+                 "relu": lambda values: (values > 0).to(values.dtype)}[self.activation]
+        return self._activation(pre), slope(pre)
 
     def extra_repr(self) -> str:
         text = f"{super().extra_repr()}, activation={self.activation!r}"

@@ -135,13 +135,7 @@ def evaluate_holdout(adata: AnnData, stored: dict[str, Any], holdout: str,
 
 def _refit_arguments(params: FitParams, device: str) -> dict[str, Any]:
     """The stored estimator arguments, ready for ``TransportMap.fit_many`` on ``device``."""
-    model_params = dict(params.model_params)
-    model_params.update(device=device, progress=False)
-    for name in ("hidden", "betas"):  # JSON turned the tuples into lists
-        model_params[name] = tuple(model_params[name]) if model_params.get(name) else None
-    if model_params["betas"] is None:
-        model_params.pop("betas")
-    return model_params
+    return {**params.model_params, "device": device, "progress": False}
 
 
 def _score_fold(predictions: dict[str, np.ndarray], observed: np.ndarray, control: np.ndarray,

@@ -168,7 +168,9 @@ class FitParams:
             holdout_fraction=float(holdout),
             seed=int(stored.get("seed", 0)),
             n_features=int(stored.get("n_features", 0)),
-            model_params={RENAMED_PARAMS.get(name, name): value for name, value
+            # to_uns wrote tuples (hidden, betas) as JSON lists: turn them back
+            model_params={RENAMED_PARAMS.get(name, name): tuple(value) if isinstance(value, list)
+                          else value for name, value
                           in json.loads(str(stored.get("model_params_json", "{}"))).items()},
             conditional=bool(stored.get("conditional", False)),
             covariates=labels("covariates"),
