@@ -14,9 +14,10 @@ since the loop was introduced, so it runs against older checkouts too::
       done
     done
 
-Measured for the explicit-gradient change (05a181d -> b3895eb, D = 50, HyCNN 48x4, batch 256,
-2 inner steps, 150 iterations a block, eight alternating runs each): 43.9 ms -> 36.5 ms median
-per iteration. See ``results_profile_step.txt``.
+Measured for the explicit-gradient change (05a181d -> 7bfd54f, D = 50, HyCNN 48x4, batch 256,
+2 inner steps, ``--iters 150 --repeats 1``, eight alternating runs each, beside one other
+1-thread benchmark): median 39.6 ms -> 33.9 ms per iteration (-14 %). See
+``results_profile_step.txt``.
 """
 
 from __future__ import annotations
