@@ -327,3 +327,17 @@ def test_transfer_residual_is_chosen_on_withheld_conditions():
     fixed = ConditionalTransportMap(**{**FAST, "residual": 0.5}).fit(
         sources, targets, perts, contexts=contexts)
     assert fixed.residual_transfer_ == 0.5 and "transfer_withheld" not in fixed.selection_
+
+
+def test_standardise_keeps_no_float64_copy_of_shared_controls():
+    from hycnn_sc.models.conditional_transport import _standardise
+
+    rng = np.random.default_rng(10)
+    control = rng.normal(size=(40, 3)).astype(np.float32)
+    targets = [rng.normal(size=(30, 3)).astype(np.float32) + k for k in range(3)]
+    data = _standardise([(control, t) for t in targets], [()] * 3, 0.2, rng)
+    kept = {what: value for (_, what), value in data.shared._made.items()}
+    assert "centred" not in kept and kept["standard"].dtype == np.float32
+    assert all(source is data.standard[0][0] for source, _ in data.standard)  # stored once
+    centred = (control - control.mean(axis=0, dtype=np.float64)) / data.scale
+    np.testing.assert_array_equal(data.standard[0][0], centred.astype(np.float32))

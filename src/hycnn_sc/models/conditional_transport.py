@@ -898,6 +898,10 @@ class _SharedControls:
             self._made[key] = make()
         return self._made[key]
 
+    def forget(self, what: str) -> None:
+        """Drop the cached ``what`` transforms (intermediates not needed after fitting starts)."""
+        self._made = {key: value for key, value in self._made.items() if key[1] != what}
+
 
 @dataclass
 class _Standardised:
@@ -942,6 +946,7 @@ def _standardise(arrays: list[tuple[np.ndarray, np.ndarray]], context_keys: list
         means.setdefault(key, arrays[k][0].mean(axis=0, dtype=np.float64))
     scale = _pooled_scale([(once(k, "centred", lambda k=k, c=key: arrays[k][0] - means[c]),
                             arrays[k][1] - means[key]) for k, key in enumerate(context_keys)])
+    shared.forget("centred")  # float64 copies of the controls, needed for the scale only
     standard = [(once(k, "standard", lambda k=k, c=key: ((arrays[k][0] - means[c]) / scale)
                       .astype(np.float32)),
                  ((arrays[k][1] - means[key]) / scale).astype(np.float32))
