@@ -33,6 +33,7 @@ V-statistic's bias at half size). ``ratio``: conditional / the better linear bas
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
 from pathlib import Path
@@ -48,6 +49,8 @@ from hycnn_sc.models import ConditionalTransportMap, GaussianTransportMap, Trans
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: Held-out lines of the transfer protocol (all when empty; --lines splits a run in two).
 ONLY_LINES: list[str] = []
+#: Extra ConditionalTransportMap arguments (``--params``), e.g. ``{"inner_steps": 2}``.
+EXTRA: dict = {}
 DOUBLES = ("MAP2K3+MAP2K6", "KLF1+MAP2K6", "KLF1+TGFBR2", "MAPK1+TGFBR2", "MAP2K3+SLC38A2")
 
 
@@ -77,7 +80,7 @@ def conditional_fit(z, condition, context, rows, control, n_iters, seed, min_cel
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        cmap = ConditionalTransportMap(n_iters=n_iters, seed=seed, device="cpu").fit(
+        cmap = ConditionalTransportMap(n_iters=n_iters, seed=seed, device="cpu", **EXTRA).fit(
             sources, targets, perts, contexts=contexts)
     cmap.raw_pairs_ = list(zip(perts, [c[0] for c in contexts], strict=True))
     return cmap, time.perf_counter() - start
@@ -353,9 +356,13 @@ def main() -> None:
                         help="transfer: only these held-out lines (to split a run over processes)")
     parser.add_argument("--transfer-n-iters", type=int, default=None,
                         help="n_iters of the 36 transfer folds (default: --n-iters)")
+    parser.add_argument("--params", default="{}",
+                        help="JSON of extra ConditionalTransportMap arguments")
     args = parser.parse_args()
     ONLY_LINES.extend(args.lines)
-    print(f"# conditional maps — {machine()}; n_iters={args.n_iters}, seeds={args.seeds}\n")
+    EXTRA.update(json.loads(args.params))
+    print(f"# conditional maps — {machine()}; n_iters={args.n_iters}, seeds={args.seeds}, "
+          f"extra arguments {EXTRA}\n")
     for name in args.protocols:
         n_iters = args.transfer_n_iters if name == "transfer" and args.transfer_n_iters else args.n_iters
         PROTOCOLS[name](args.seeds, n_iters)
