@@ -40,9 +40,8 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import scanpy as sc
 from _common import machine, print_table
-from generalisation import PERTURBATIONS, energy, floor, project
+from generalisation import PERTURBATIONS, energy, floor, load_glioblastoma, project
 
 from hycnn_sc.models import ConditionalTransportMap, GaussianTransportMap, TransportMap
 
@@ -302,12 +301,7 @@ def in_distribution(seeds, n_iters):
 
 
 def gbm(seeds, n_iters):
-    adata = ad.read_h5ad(SHARED / "glioblastoma_panobinostat.h5ad")
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-    x = adata.X.toarray()
-    patients = adata.obs["patient_id"].astype(str).to_numpy()
-    condition = adata.obs["condition"].astype(str).to_numpy()
+    x, condition, patients = load_glioblastoma()
     header = ["patient", "seed", "identity", "mean_shift", "gaussian", "unconditional",
               "conditional", "network", "floor", "ratio", "λ/λt", "fit s"]
     rows = []

@@ -20,23 +20,16 @@ from __future__ import annotations
 
 import warnings
 
-import anndata as ad
 import numpy as np
-import scanpy as sc
 from _common import machine, print_table
-from generalisation import SHARED, energy, project
+from generalisation import energy, load_glioblastoma, project
 
 from hycnn_sc.models import GaussianTransportMap, TransportMap
 from hycnn_sc.models._selection import FRAMES, SHRINKAGE_GRID
 
 
 def candidates_per_patient(seed: int = 0) -> tuple[list[str], dict[str, dict[str, float]]]:
-    adata = ad.read_h5ad(SHARED / "glioblastoma_panobinostat.h5ad")
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-    x = adata.X.toarray()
-    patients = adata.obs["patient_id"].astype(str).to_numpy()
-    condition = adata.obs["condition"].astype(str).to_numpy()
+    x, condition, patients = load_glioblastoma()
     names = [f"{frame} γ={gamma}" for frame in FRAMES for gamma in SHRINKAGE_GRID]
     scores = {}
     for held in sorted(set(patients)):

@@ -137,13 +137,18 @@ def leave_group_out(protocol, x, condition, group, control, perturbed, folds, n_
     summary(protocol, ratios)
 
 
-def gbm(seeds, n_iters):
+def load_glioblastoma() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Glioblastoma x panobinostat, log-normalised: ``(cells x genes, condition, patient)``."""
     adata = ad.read_h5ad(SHARED / "glioblastoma_panobinostat.h5ad")
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
-    patients = adata.obs["patient_id"].astype(str).to_numpy()
-    leave_group_out("gbm: leave one patient out (30 PCs)", adata.X.toarray(),
-                    adata.obs["condition"].astype(str).to_numpy(), patients, "ctrl",
+    return (adata.X.toarray(), adata.obs["condition"].astype(str).to_numpy(),
+            adata.obs["patient_id"].astype(str).to_numpy())
+
+
+def gbm(seeds, n_iters):
+    x, condition, patients = load_glioblastoma()
+    leave_group_out("gbm: leave one patient out (30 PCs)", x, condition, patients, "ctrl",
                     "panobinostat", sorted(set(patients)), 30, seeds, n_iters)
 
 
