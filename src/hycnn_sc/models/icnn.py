@@ -21,6 +21,19 @@ _ACTIVATIONS = {
 }
 
 
+def _leaky_slope(pre: torch.Tensor) -> torch.Tensor:
+    """Derivative of ``leaky_relu(pre, NEGATIVE_SLOPE)`` (``NEGATIVE_SLOPE`` at 0, as torch's)."""
+    return torch.where(pre > 0, 1.0, NEGATIVE_SLOPE).to(pre.dtype)
+
+
+#: Derivatives of the activations (torch's conventions at 0), for the explicit gradient.
+_SLOPES = {
+    "relu": lambda pre: (pre > 0).to(pre.dtype),
+    "softplus": torch.sigmoid,
+    "leaky_relu": _leaky_slope,
+}
+
+
 @doc_params(potential_size=POTENTIAL_SIZE_DOC)
 class ICNN(ConvexPotential):
     """Input Convex Neural Network ``z_{l+1} = σ(W_l z_l + A_l x + b_l)``, ``W_l ≥ 0``.
@@ -89,9 +102,7 @@ class ICNN(ConvexPotential):
         if layer == 0 and self.quadratic:
             leaky = F.leaky_relu(pre, NEGATIVE_SLOPE)
             return leaky.square(), 2.0 * leaky * _leaky_slope(pre)
-        slope = {"softplus": torch.sigmoid, "leaky_relu": _leaky_slope,
-                 "relu": lambda values: (values > 0).to(values.dtype)}[self.activation]
-        return self._activation(pre), slope(pre)
+        return self._activation(pre), _SLOPES[self.activation](pre)
 
     def extra_repr(self) -> str:
         text = f"{super().extra_repr()}, activation={self.activation!r}"
@@ -101,7 +112,3 @@ class ICNN(ConvexPotential):
             text += ", zero_skip_init=True"
         return text
 
-
-def _leaky_slope(pre: torch.Tensor) -> torch.Tensor:
-    """Derivative of ``leaky_relu(pre, NEGATIVE_SLOPE)`` (``NEGATIVE_SLOPE`` at 0, as torch's)."""
-    return torch.where(pre > 0, 1.0, NEGATIVE_SLOPE).to(pre.dtype)
