@@ -17,7 +17,7 @@ training cells of each fold, lower is better; baselines fitted on the same train
   shared perturbations predicted from its controls, beside the same baselines.
 * ``in_distribution``: all conditions of all lines, 20 % of each condition's cells held out;
   the conditional map beside separate ``TransportMap`` s (one stacked fit), and the wall time
-  of one conditional fit against one single map at the same iterations.
+  of one conditional fit against one single map at the same (fixed) iterations.
 * ``gbm``: glioblastoma x panobinostat, leave one patient out, the patient as context (a new
   patient is encoded from its own control cells) beside mean shift, Gaussian map and issue
   6's ``TransportMap`` with ``groups`` = patient.
@@ -27,7 +27,7 @@ V-statistic's bias at half size). ``ratio``: conditional / the better linear bas
 (``additive`` for combinations).
 
     NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/conditional.py \
-        [--protocols combinations transfer in_distribution gbm] [--seeds 0] [--n-iters 1000]
+        [--protocols combinations transfer in_distribution gbm] [--seeds 0] [--n-iters auto]
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ONLY_LINES: list[str] = []
 #: Extra ConditionalTransportMap arguments (``--params``), e.g. ``{"inner_steps": 2}``.
 EXTRA: dict = {}
+#: Iterations of the in-distribution wall-time comparison (``--timing-iters``).
+TIMING_ITERS = [1000]
 DOUBLES = ("MAP2K3+MAP2K6", "KLF1+MAP2K6", "KLF1+TGFBR2", "MAPK1+TGFBR2", "MAP2K3+SLC38A2")
 
 
@@ -100,6 +102,12 @@ def weights(cmap) -> str:
     return f"{cmap.residual_weight_:g}/{cmap.residual_transfer_:g}"
 
 
+def budget(cmap) -> str:
+    """Iterations the conditional network trained (its held-out rule, with n_iters="auto")
+    and the iteration of the kept weights (0: the warm start)."""
+    return f"{len(cmap.history_['loss_f'])} ({cmap.best_iteration_})"
+
+
 def gaussian(source, target, query):
     return GaussianTransportMap(regularization=1e-3).fit(source, target).transport(query)
 
@@ -123,7 +131,7 @@ def verdict(ratio: float) -> str:
 def combinations(seeds, n_iters):
     x, condition, line = perturbseq()
     header = ["double", "seed", "identity", "additive", "best_single", "gauss_single",
-              "conditional", "network", "floor", "ratio", "λ/λt", "linear", "fit s"]
+              "conditional", "network", "floor", "ratio", "λ/λt", "iters (best)", "linear", "fit s"]
     rows = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -151,7 +159,7 @@ def combinations(seeds, n_iters):
                                          ("identity", "additive", "best_single", "gauss_single",
                                           "conditional", "network")),
                          f"{floor(observed, rng):.3f}", f"{ratio:.3f} {verdict(ratio)}",
-                         weights(cmap), cmap.at(double, ("k562",)).linear_kind_,
+                         weights(cmap), budget(cmap), cmap.at(double, ("k562",)).linear_kind_,
                          f"{seconds:.0f}"])
     print("## combinations: K562 doubles left out, predicted from K562 controls (30 PCs)")
     print_table(header, rows)
@@ -161,7 +169,7 @@ def transfer(seeds, n_iters):
     x, condition, line = perturbseq()
     lines = sorted(set(line))
     header = ["fold", "seed", "identity", "mean_shift", "gaussian", "unconditional",
-              "conditional", "network", "floor", "ratio", "λ/λt", "fit s"]
+              "conditional", "network", "floor", "ratio", "λ/λt", "iters (best)", "fit s"]
     rows, ratios, beats_unconditional = [], [], []
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -196,7 +204,7 @@ def transfer(seeds, n_iters):
                              ("identity", "mean_shift", "gaussian", "unconditional", "conditional",
                               "network")),
                              f"{floor(observed, rng):.3f}", f"{ratio:.3f} {verdict(ratio)}",
-                             weights(cmap), f"{seconds:.0f}"])
+                             weights(cmap), budget(cmap), f"{seconds:.0f}"])
     print("## transfer: a perturbation left out in one cell line, predicted from that line's controls")
     print_table(header, rows)
     ratios = np.asarray(ratios)
@@ -209,7 +217,7 @@ def new_line(seeds, n_iters):
     """All of one line's perturbations left out (its controls kept), the nine shared ones predicted."""
     x, condition, line = perturbseq()
     header = ["fold", "seed", "identity", "mean_shift", "gaussian", "unconditional",
-              "conditional", "network", "floor", "ratio", "λ/λt", "fit s"]
+              "conditional", "network", "floor", "ratio", "λ/λt", "iters (best)", "fit s"]
     rows, ratios = [], []
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -244,7 +252,7 @@ def new_line(seeds, n_iters):
                              ("identity", "mean_shift", "gaussian", "unconditional", "conditional",
                               "network")),
                              f"{floor(observed, rng):.3f}", f"{ratio:.3f} {verdict(ratio)}",
-                             weights(cmap), f"{seconds:.0f}"])
+                             weights(cmap), budget(cmap), f"{seconds:.0f}"])
     print("## new_line: all perturbations of one line left out, predicted from its controls")
     print_table(header, rows)
     ratios = np.asarray(ratios)
@@ -255,7 +263,7 @@ def new_line(seeds, n_iters):
 
 def in_distribution(seeds, n_iters):
     x, condition, line = perturbseq()
-    header = ["seed", "pairs", "separate (mean)", "conditional (mean)", "relative", "λ/λt",
+    header = ["seed", "pairs", "separate (mean)", "conditional (mean)", "relative", "λ/λt", "iters (best)",
               "network (mean)", "floor (mean)",
               "separate fit s", "single map s", "conditional s", "cond / single"]
     rows = []
@@ -265,6 +273,9 @@ def in_distribution(seeds, n_iters):
         train = ~held
         z = project(x, train, 30, seed)
         cmap, cond_seconds = conditional_fit(z, condition, line, train, "control", n_iters, seed)
+        if n_iters != TIMING_ITERS[0]:  # the wall-time ratio compares equal iterations
+            _, cond_seconds = conditional_fit(z, condition, line, train, "control",
+                                              TIMING_ITERS[0], seed)
         pairs = cmap.raw_pairs_
         sources = {lin: z[train & (line == lin) & (condition == "control")] for lin in set(line)}
         start = time.perf_counter()
@@ -278,7 +289,7 @@ def in_distribution(seeds, n_iters):
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            TransportMap(n_iters=n_iters, seed=seed, device="cpu", residual=1.0).fit(
+            TransportMap(n_iters=TIMING_ITERS[0], seed=seed, device="cpu", residual=1.0).fit(
                 sources["k562"], z[train & (line == "k562") & (condition == "KLF1")])
         single_seconds = time.perf_counter() - start
         separate, conditional, network, floors = [], [], [], []
@@ -292,18 +303,19 @@ def in_distribution(seeds, n_iters):
             network.append(energy(network_alone(cmap, control, pert, (lin,)), observed))
             floors.append(energy(z[train & (line == lin) & (condition == pert)], observed))
         rows.append([seed, len(separate), f"{np.mean(separate):.3f}", f"{np.mean(conditional):.3f}",
-                     f"{np.mean(conditional) / np.mean(separate):.3f}", weights(cmap),
+                     f"{np.mean(conditional) / np.mean(separate):.3f}", weights(cmap), budget(cmap),
                      f"{np.mean(network):.3f}", f"{np.mean(floors):.3f}",
                      f"{separate_seconds:.0f}", f"{single_seconds:.0f}", f"{cond_seconds:.0f}",
                      f"{cond_seconds / single_seconds:.2f}"])
-    print("## in_distribution: every (perturbation, line), 20 % of cells held out; same n_iters")
+    print(f"## in_distribution: every (perturbation, line), 20 % of cells held out; energies at "
+          f"n_iters={n_iters}, wall times of one fit each at n_iters={TIMING_ITERS[0]}")
     print_table(header, rows)
 
 
 def gbm(seeds, n_iters):
     x, condition, patients = load_glioblastoma()
     header = ["patient", "seed", "identity", "mean_shift", "gaussian", "unconditional",
-              "conditional", "network", "floor", "ratio", "λ/λt", "fit s"]
+              "conditional", "network", "floor", "ratio", "λ/λt", "iters (best)", "fit s"]
     rows = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -332,7 +344,7 @@ def gbm(seeds, n_iters):
                          ("identity", "mean_shift", "gaussian", "unconditional", "conditional",
                           "network")),
                          f"{floor(observed, rng):.3f}", f"{ratio:.3f} {verdict(ratio)}",
-                         weights(cmap), f"{seconds:.0f}"])
+                         weights(cmap), budget(cmap), f"{seconds:.0f}"])
     print("## gbm: leave one patient out, patient as context (ratio: conditional / unconditional)")
     print_table(header, rows)
 
@@ -341,20 +353,28 @@ PROTOCOLS = {"combinations": combinations, "transfer": transfer, "new_line": new
              "in_distribution": in_distribution, "gbm": gbm}
 
 
+def iterations(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--n-iters", type=int, default=1000)
+    parser.add_argument("--n-iters", type=iterations, default="auto",
+                        help="n_iters of every fit (default: 'auto', the estimators' default)")
+    parser.add_argument("--timing-iters", type=int, default=1000,
+                        help="in_distribution: iterations of the wall-time comparison")
     parser.add_argument("--lines", nargs="*", default=[],
                         help="transfer: only these held-out lines (to split a run over processes)")
-    parser.add_argument("--transfer-n-iters", type=int, default=None,
+    parser.add_argument("--transfer-n-iters", type=iterations, default=None,
                         help="n_iters of the 36 transfer folds (default: --n-iters)")
     parser.add_argument("--params", default="{}",
                         help="JSON of extra ConditionalTransportMap arguments")
     args = parser.parse_args()
     ONLY_LINES.extend(args.lines)
     EXTRA.update(json.loads(args.params))
+    TIMING_ITERS[0] = args.timing_iters
     print(f"# conditional maps — {machine()}; n_iters={args.n_iters}, seeds={args.seeds}, "
           f"extra arguments {EXTRA}\n")
     for name in args.protocols:

@@ -70,18 +70,18 @@ def _falling_profiles(monkeypatch):
     rng = np.random.default_rng(0)
     values = iter(1.0 / (1.0 + np.arange(10_000)))
 
-    def falling(*args):
+    def falling(f, padded, sizes, targets, within):  # one profile per model (condition)
         jitter = torch.as_tensor(rng.normal(scale=1e-3, size=(3, 50)))
-        return [minimax.EnergyProfile(float(next(values)), *jitter)]
+        return [minimax.EnergyProfile(float(next(values)), *jitter)] * len(targets)
 
     monkeypatch.setattr(minimax, "_validation_profiles", falling)
 
 
 def test_auto_budget_doubles_while_it_improves(monkeypatch, linear_data):
     """A curve that keeps falling beyond its noise trains in doubling cycles up to the cap."""
-    monkeypatch.setattr("hycnn_sc.models.transport.AUTO_FIRST_CYCLE", 20)
-    monkeypatch.setattr("hycnn_sc.models.transport.AUTO_MIN_ITERS", 150)
-    monkeypatch.setattr("hycnn_sc.models.transport.AUTO_MAX_ITERS", 150)
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_FIRST_CYCLE", 20)
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_MIN_ITERS", 150)
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_MAX_ITERS", 150)
     _falling_profiles(monkeypatch)
     with pytest.warns(RuntimeWarning, match=r"after 140 iterations.*cap of 150 iterations"):
         tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
@@ -93,7 +93,7 @@ def test_auto_budget_doubles_while_it_improves(monkeypatch, linear_data):
 
 def test_auto_budget_keeps_the_best_cycle(monkeypatch, linear_data):
     """A cycle that makes things worse is not kept: the map is the best iterate of all cycles."""
-    monkeypatch.setattr("hycnn_sc.models.transport.AUTO_FIRST_CYCLE", 20)
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_FIRST_CYCLE", 20)
     rng = np.random.default_rng(0)
     # first cycle (21 checks incl. its start) improves, the second (41 checks) only worsens
     curve = iter(np.concatenate([np.linspace(1.0, 0.5, 21), 0.5 + np.linspace(0.0, 0.5, 41)]))
@@ -112,13 +112,13 @@ def test_auto_budget_keeps_the_best_cycle(monkeypatch, linear_data):
 def _scripted_cycles(monkeypatch, *cycles):
     """Held-out energies of successive cycles of 20, 40, 80, ... iterations (21 checks each:
     the cycle's start, then every twentieth of it), with a small jitter for the paired SE."""
-    monkeypatch.setattr("hycnn_sc.models.transport.AUTO_FIRST_CYCLE", 20)
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_FIRST_CYCLE", 20)
     rng = np.random.default_rng(0)
     curve = iter(np.concatenate([np.linspace(a, b, 21) for a, b in cycles] + [np.full(400, 9.0)]))
 
-    def profiles(*args):
+    def profiles(f, padded, sizes, targets, within):  # one profile per model (condition)
         jitter = torch.as_tensor(rng.normal(scale=1e-3, size=(3, 50)))
-        return [minimax.EnergyProfile(float(next(curve)), *jitter)]
+        return [minimax.EnergyProfile(float(next(curve)), *jitter)] * len(targets)
 
     monkeypatch.setattr(minimax, "_validation_profiles", profiles)
 
@@ -169,6 +169,86 @@ def test_exploration_needs_a_gain_beyond_the_noise(monkeypatch, linear_data):
     assert tmap.best_iteration_ == 0
 
 
+# ---------------------------------------------------------------- the conditional network
+CONDITIONAL = dict(hidden=(8,), residual=1.0, warm_start_iters=10, batch_size=32, seed=0,
+                   device="cpu")
+
+
+@pytest.fixture(scope="module")
+def conditional_data():
+    rng = np.random.default_rng(0)
+    control = rng.normal(size=(200, 3)).astype(np.float32)
+    shifts = {"A": [1.0, 0, 0], "B": [0, 1.0, 0], "C": [0, 0, 1.0]}
+    targets = [(rng.normal(size=(200, 3)) + s).astype(np.float32) for s in shifts.values()]
+    return [control] * 3, targets, list(shifts)
+
+
+def _only_first_cycle(patch):
+    """Stop after the first cycle (the cap leaves no room for a second)."""
+    for name in ("AUTO_MIN_ITERS", "AUTO_MAX_ITERS"):
+        patch.setattr(f"hycnn_sc.models._estimator.{name}", 20)
+
+
+def test_conditional_auto_budget_keeps_the_better_cycle(monkeypatch, conditional_data):
+    """The shared network is one model for the cycle rule: a second cycle that only worsens
+    the mean held-out energy is undone, weights and all (the first cycle's end is kept)."""
+    sources, targets, labels = conditional_data
+    with pytest.MonkeyPatch.context() as patch:
+        _only_first_cycle(patch)
+        _scripted_cycles(patch, (1.0, 0.5))
+        reference = ConditionalTransportMap(**CONDITIONAL).fit(sources, targets, labels)
+    assert list(reference.history_["cycle_start"]) == [0]
+    _scripted_cycles(monkeypatch, (1.0, 0.5), (0.5, 1.0))
+    cmap = ConditionalTransportMap(**CONDITIONAL).fit(sources, targets, labels)
+    assert list(cmap.history_["cycle_start"]) == [0, 20]
+    assert cmap.best_iteration_ == 20
+    assert cmap.converged_
+    np.testing.assert_array_equal(cmap.transport(sources[0], "B"),
+                                  reference.transport(sources[0], "B"))
+
+
+def test_conditional_auto_budget_restores_the_warm_start(monkeypatch, conditional_data):
+    """Cycles that only make the held-out energy worse: the warm-started network comes back."""
+    sources, targets, labels = conditional_data
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(minimax, "MAX_EXPLORATIONS", 0)
+        _scripted_cycles(patch, (1.0, 1.2))
+        reference = ConditionalTransportMap(**CONDITIONAL).fit(sources, targets, labels)
+    _scripted_cycles(monkeypatch, (1.0, 1.2), (1.2, 1.3))
+    cmap = ConditionalTransportMap(**CONDITIONAL).fit(sources, targets, labels)
+    assert list(cmap.history_["cycle_start"]) == [0, 20]
+    assert cmap.best_iteration_ == 0
+    assert cmap.converged_
+    np.testing.assert_array_equal(cmap.transport(sources[0], "C"),
+                                  reference.transport(sources[0], "C"))
+
+
+def test_conditional_auto_budget_stopped_by_its_cap_is_not_converged(monkeypatch,
+                                                                     conditional_data):
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_FIRST_CYCLE", 20)
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_MIN_ITERS", 150)
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_MAX_ITERS", 150)
+    _falling_profiles(monkeypatch)
+    with pytest.warns(RuntimeWarning, match=r"conditional network.*after 140 iterations.*cap of 150"):
+        cmap = ConditionalTransportMap(**CONDITIONAL).fit(*conditional_data)
+    assert list(cmap.history_["cycle_start"]) == [0, 20, 60]
+    assert cmap.best_iteration_ == 140
+    assert not cmap.converged_
+
+
+@pytest.mark.parametrize(("per_step", "cap"), [(1, 34), (3, 12)])
+def test_conditional_auto_budget_cap_counts_conditions_per_step(monkeypatch, conditional_data,
+                                                               per_step, cap):
+    """An epoch is every condition's larger training side (180 of 200 points, 32 a batch)
+    drawn once, ``conditions_per_step`` conditions at a time: 2 epochs are
+    ⌈2 · 180/32 · 3/per_step⌉ iterations."""
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_EPOCHS", 2)
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_MIN_ITERS", 1)
+    _scripted_cycles(monkeypatch, (1.0, 0.5))
+    with pytest.warns(RuntimeWarning, match=f"cap of {cap} iterations"):
+        ConditionalTransportMap(**CONDITIONAL, conditions_per_step=per_step).fit(*conditional_data)
+
+
 def test_short_fixed_budget_on_a_moving_target_is_not_converged():
     """Far from the optimum after a short budget: the flag is false and a warning says why."""
     rng = np.random.default_rng(3)
@@ -204,9 +284,19 @@ def test_auto_budget_and_tau_schedule_are_exclusive(linear_data):
         TransportMap(tau_schedule="cosine").fit(*linear_data)
 
 
-def test_conditional_maps_keep_a_fixed_budget():
-    with pytest.raises(TypeError, match="n_iters must be an integer"):
-        ConditionalTransportMap(n_iters="auto")._validate_params()
+@pytest.mark.parametrize(("value", "error", "match"), [
+    ("longer", ValueError, "'auto' or a positive integer"),
+    (0, ValueError, "n_iters must be > 0"),
+    (None, TypeError, "n_iters must be an integer"),
+])
+def test_conditional_bad_n_iters(value, error, match):
+    with pytest.raises(error, match=match):
+        ConditionalTransportMap(n_iters=value)._validate_params()
+
+
+def test_conditional_auto_budget_and_tau_schedule_are_exclusive():
+    with pytest.raises(ValueError, match="integer n_iters"):
+        ConditionalTransportMap(tau_schedule="cosine")._validate_params()
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "many", "2.5"])

@@ -18,6 +18,7 @@ from conftest import with_pre_rename_names
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 
+import hycnn_sc.models._estimator as estimator_module
 import hycnn_sc.models.transport as transport_module
 from hycnn_sc.models import ConditionalTransportMap, ConvexRegressor
 from hycnn_sc.models.gaussian import GaussianTransportMap, gaussian_transport_matrix
@@ -625,7 +626,8 @@ def test_invalid_hyper_parameters_raise_before_training(params, tiny_data, monke
     def forbidden(*args, **kwargs):
         raise AssertionError("training started despite invalid parameters")
 
-    monkeypatch.setattr(transport_module, "train_minimax", forbidden)
+    for name in ("train_minimax", "train_in_cycles"):
+        monkeypatch.setattr(estimator_module, name, forbidden)
     monkeypatch.setattr(transport_module, "warm_start", forbidden)
     source, target = tiny_data
     with pytest.raises((ValueError, TypeError)):

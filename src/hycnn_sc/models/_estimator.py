@@ -15,6 +15,7 @@ editors see.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._validation import check_positive, json_default
 from ._factory import DEFAULT_HIDDEN, POTENTIALS, check_model_name
-from ._minimax import MinimaxSettings
+from ._minimax import MinimaxResult, MinimaxSettings, train_in_cycles, train_minimax
 from ._utils import check_hidden, resolve_device
 from .gaussian import check_shrinkage
 from .schedules import check_tau_schedule
@@ -38,6 +39,16 @@ from .schedules import check_tau_schedule
 #: ~28 % in energy distance on 11k training cells, where the paper's OT setting 10 (nearly
 #: affine gates at unit-variance pre-activations) did not beat it.
 DEFAULT_TAU = 0.3
+#: ``n_iters="auto"``: length of the first cosine cycle (each later one doubles), and the cap:
+#: ``AUTO_EPOCHS`` passes over the training data (every condition's larger side, in batches),
+#: clipped to ``[AUTO_MIN_ITERS, AUTO_MAX_ITERS]``. The held-out rule stops well before the cap
+#: on data that cannot support more.
+AUTO_FIRST_CYCLE = 500
+AUTO_EPOCHS = 500
+AUTO_MIN_ITERS = 1500
+AUTO_MAX_ITERS = 31500
+#: ``n_iters="auto"`` without held-out data (``selection_fraction=0``): a fixed budget.
+AUTO_ITERS_WITHOUT_VALIDATION = 1000
 #: Meaning of the two blend arguments, for their error messages.
 _BLEND_MEANINGS = {"shrinkage": "0: Gaussian OT map, 1: mean shift",
                    "residual": "0: the linear map, 1: the network alone"}
@@ -95,6 +106,48 @@ class MinimaxEstimator(BaseEstimator):
             tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
         )
 
+    def _schedule(self, iterations_per_epoch: float, use_validation: bool) -> tuple[int, int | None]:
+        """``(iterations of one schedule, cap of the cycles or None)`` from ``n_iters``.
+
+        ``iterations_per_epoch``: iterations for every training point to be drawn once (on
+        average); ``n_iters="auto"`` caps the cycles at ``AUTO_EPOCHS`` epochs.
+        """
+        if self.n_iters != "auto":
+            return self.n_iters, None
+        if not use_validation:
+            return AUTO_ITERS_WITHOUT_VALIDATION, None
+        cap = int(np.clip(math.ceil(AUTO_EPOCHS * iterations_per_epoch),
+                          AUTO_MIN_ITERS, AUTO_MAX_ITERS))
+        return AUTO_FIRST_CYCLE, cap
+
+    def _run_minimax(self, f, g, source, target, generator: torch.Generator, validation, *,
+                     iterations_per_epoch: float, train_network: bool, subject: Callable[[MinimaxResult], str],
+                     stacklevel: int, before_step: Callable[[int | None], None] | None = None,
+                     ) -> MinimaxResult:
+        """The minimax of both estimators: held-out-driven cycles for ``n_iters="auto"`` (see
+        :func:`~hycnn_sc.models._minimax.train_in_cycles`), else one schedule; warns when the
+        held-out criterion was still improving (``subject(result)`` names what had not
+        converged)."""
+        use_validation = validation is not None
+        n_iters, cap = self._schedule(iterations_per_epoch, use_validation)
+        settings = self._minimax_settings(n_iters, train_network)
+        if cap is not None and train_network:
+            result = train_in_cycles(f, g, source, target, settings, generator, validation,
+                                     first_cycle=n_iters, max_iters=cap, before_step=before_step)
+        else:
+            result = train_minimax(f, g, source, target, settings, generator, validation, before_step)
+        if train_network and use_validation and not result.converged.all():
+            advice = (f"the cap of {cap} iterations stopped it; pass a larger integer n_iters"
+                      if cap is not None else "use n_iters='auto' or a larger n_iters")
+            warnings.warn(
+                f"{subject(result)} had not converged: the held-out energy distance was still "
+                f"improving beyond its noise after {result.iterations_run} iterations, so more "
+                f"training would likely still help; {advice}.",
+                RuntimeWarning,
+                stacklevel=stacklevel,
+            )
+        return result
+
     def _validate_params(self) -> None:
         """Check every argument (raises before any data is read or trained on)."""
         check_model_name(self.model, tuple(POTENTIALS))
@@ -111,6 +164,11 @@ class MinimaxEstimator(BaseEstimator):
             if name == "n_iters" and self._auto_budget and isinstance(value, str):
                 if value != "auto":
                     raise ValueError(f"n_iters must be 'auto' or a positive integer, got {value!r}.")
+                if self.tau_schedule is not None:
+                    raise ValueError(
+                        "tau_schedule anneals over a fixed number of iterations; pass an integer "
+                        "n_iters with it (e.g. n_iters=2000), not n_iters='auto'."
+                    )
                 continue
             check_positive(value, name, integer=True)
         check_positive(self.warm_start_iters, "warm_start_iters", integer=True, allow_zero=True)

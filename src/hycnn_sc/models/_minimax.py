@@ -579,6 +579,7 @@ def train_in_cycles(
     *,
     first_cycle: int,
     max_iters: int,
+    before_step: Callable[[int | None], None] | None = None,
 ) -> MinimaxResult:
     """A held-out-driven budget: cosine cycles of doubling length while they still help.
 
@@ -604,13 +605,17 @@ def train_in_cycles(
     A model has converged when its last cycle did not improve beyond the noise (and it was not
     stopped by ``max_iters`` while exploring). Each cycle validates every
     ``settings.selection_every`` iterations (``None``: 20 times per cycle).
+
+    A shared (conditional) network is one model for this rule: its mean held-out energy over
+    conditions decides, and ``before_step`` is passed to every cycle (see
+    :func:`train_minimax`).
     """
     budget = _CycleBudget(f, g, len(source.sizes))
     length, used, cycles = first_cycle, 0, []
     while True:
         result = train_minimax(
             f, g, source, target, replace(settings, n_iters=length, keep_last=True),
-            generator, validation)
+            generator, validation, before_step)
         cycles.append(result)
         if result.interrupted or result.stopped_early:  # the best iterate was kept
             budget.interrupted(result, used)
@@ -658,11 +663,13 @@ class _CycleBudget:
         explore = (~keep & ~self.ever_kept & (self.exploring < MAX_EXPLORATIONS)
                    & (~explored | self._lower(final, start)))
         undo = ~keep & ~explore
-        if keep.any():
+        if keep.any() and self.shared:  # one set of weights (keep is all True)
+            self.kept_f, self.kept_g = _snapshot(self.f), _snapshot(self.g)
+        elif keep.any():
             rows = torch.as_tensor(keep)
             _keep_improved(self.kept_f, self.f, rows)
             _keep_improved(self.kept_g, self.g, rows)
-            self.best_iteration[keep] = used
+        self.best_iteration[keep] = used
         if undo.any():  # back to the kept weights of the models this cycle did not improve
             _restore(self.f, self.kept_f, undo, self.shared)
             _restore(self.g, self.kept_g, undo, self.shared)

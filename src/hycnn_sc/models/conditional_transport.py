@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -15,7 +14,7 @@ from torch import nn
 from .._validation import as_float_array, make_generator
 from ._convex_base import potential_gradient
 from ._estimator import DEPRECATED, MinimaxEstimator
-from ._minimax import StackedSamples, train_minimax, warm_start
+from ._minimax import StackedSamples, warm_start
 from ._options import Auto, Potential, TauSchedule
 from ._selection import (
     MAX_SCORED_CELLS,
@@ -141,7 +140,12 @@ class ConditionalTransportMap(MinimaxEstimator):
     embedding_dim
         Width of every learned embedding.
     n_iters, inner_steps, lr, lr_final_fraction, lr_warmup_fraction, betas, tau_schedule, tau_final, tau_cycles
-        Optimisation, as in :class:`~hycnn_sc.models.TransportMap`.
+        Optimisation, as in :class:`~hycnn_sc.models.TransportMap`. ``n_iters="auto"``
+        trains in cosine cycles of doubling length (500, 1,000, ...) while they improve the
+        mean held-out energy distance over conditions beyond its noise (a cycle that does
+        not is undone), up to 500 epochs, one epoch being every condition's larger side
+        drawn once (``conditions_per_step`` conditions per step); on small conditions it
+        typically keeps the warm start after 1,500 iterations.
     batch_size
         Points per condition and side in one step.
     conditions_per_step
@@ -215,8 +219,8 @@ class ConditionalTransportMap(MinimaxEstimator):
         tau: float | None = None,
         condition_hidden: Sequence[int] = (64,),
         embedding_dim: int = 16,
-        n_iters: int = 1000,
-        inner_steps: int = 5,
+        n_iters: int | Literal["auto"] = "auto",
+        inner_steps: int = 2,
         batch_size: int = 128,
         conditions_per_step: int = 4,
         lr: float = 3e-3,
@@ -246,6 +250,7 @@ class ConditionalTransportMap(MinimaxEstimator):
                 setattr(self, name, value)
 
     _positive_ints = ("n_iters", "inner_steps", "batch_size", "conditions_per_step", "embedding_dim")
+    _auto_budget = True
     _tuple_params: ClassVar[dict[str, type]] = {"hidden": int, "condition_hidden": int,
                                                 "betas": float}
     _format = FORMAT
@@ -396,21 +401,20 @@ class ConditionalTransportMap(MinimaxEstimator):
         draw = self._condition_sampler(f, g, source, target, generator, withheld)
         if train_network and self.warm_start == "gaussian" and self.warm_start_iters > 0:
             self._warm_start(f, g, source, target, draw, generator, linear_train)
-        settings = self._minimax_settings(self.n_iters, train_network)
-        result = train_minimax(f, g, source, target, settings, generator, validation, draw)
+        # an epoch: every allowed condition's larger training side drawn once, per_step at a time
+        largest = int(torch.maximum(source.sizes, target.sizes).max())
+        n_allowed = len(self.conditions_) - len(withheld)
+        result = self._run_minimax(
+            f, g, source, target, generator, validation,
+            iterations_per_epoch=largest / self.batch_size * n_allowed / draw.per_step,
+            train_network=train_network, before_step=draw, stacklevel=4,  # the caller of fit
+            subject=lambda _: "The conditional network (mean over conditions)")
         self.history_ = {name: values.mean(axis=1) if values.ndim == 2 else values
                          for name, values in result.history.items()}
         self.best_iteration_ = int(result.best_iteration[0])
         self.converged_ = bool(result.converged.all())
         self.interrupted_ = bool(result.interrupted)
         self.n_params_ = int(sum(p.numel() for p in f.parameters()))
-        if train_network and validation is not None and not self.converged_:
-            warnings.warn(
-                "The mean held-out energy distance over conditions was still improving beyond "
-                "its noise in the second half of training, so more training would likely still "
-                "help; consider increasing n_iters.",
-                RuntimeWarning, stacklevel=3,
-            )
         self.selection_ = {"shrinkage_per_condition": [float(v) for v in self.shrinkage_]}
         trained = [k for k in range(len(self.conditions_)) if k not in withheld]
         self.residual_weight_ = self._choose_residual(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -17,7 +16,7 @@ from .._validation import as_float_array, check_positive, make_generator
 from ._convex_base import ConvexPotential, potential_gradient
 from ._estimator import DEPRECATED, MinimaxEstimator
 from ._factory import build_potential
-from ._minimax import StackedSamples, train_in_cycles, train_minimax, warm_start
+from ._minimax import StackedSamples, warm_start
 from ._options import FRAME_OPTIONS, WARM_STARTS, Auto, Frame, Potential, TauSchedule, WarmStart
 from ._selection import (
     FRAMES,
@@ -55,16 +54,6 @@ MIN_RESIDUAL_CELLS = 100
 MIN_HELD_OUT_GROUPS = 3
 #: Fewest source points of a new group that a ``"group"``-frame map moves (its mean is used).
 MIN_GROUP_POINTS = 10
-#: ``n_iters="auto"``: length of the first cosine cycle (each later one doubles), and the cap:
-#: ``AUTO_EPOCHS`` passes over the larger training side (in batches), clipped to
-#: ``[AUTO_MIN_ITERS, AUTO_MAX_ITERS]``. The held-out rule stops well before the cap on data
-#: that cannot support more.
-AUTO_FIRST_CYCLE = 500
-AUTO_EPOCHS = 500
-AUTO_MIN_ITERS = 1500
-AUTO_MAX_ITERS = 31500
-#: ``n_iters="auto"`` without held-out data (``selection_fraction=0``): a fixed budget.
-AUTO_ITERS_WITHOUT_VALIDATION = 1000
 #: Rows per chunk in :meth:`TransportMap.transport` and friends.
 INFERENCE_BATCH = 32768
 
@@ -295,11 +284,6 @@ class TransportMap(MinimaxEstimator):
                           "group_means_", "device_")
 
     def _validate_own(self) -> None:
-        if self.tau_schedule is not None and self.n_iters == "auto":
-            raise ValueError(
-                "tau_schedule anneals over a fixed number of iterations; pass an integer n_iters "
-                "with it (e.g. n_iters=2000), not n_iters='auto'."
-            )
         if self.warm_start not in WARM_STARTS:
             raise ValueError(f"Unknown warm_start {self.warm_start!r}; choose one of {WARM_STARTS}.")
         if self.frame not in FRAME_OPTIONS:
@@ -388,17 +372,6 @@ class TransportMap(MinimaxEstimator):
             )
         return pairs
 
-    def _budget(self, prepared: list[_Prepared], use_validation: bool) -> tuple[int, int | None]:
-        """``(iterations of one schedule, cap of the cycles or None)`` from ``n_iters``."""
-        if self.n_iters != "auto":
-            return self.n_iters, None
-        if not use_validation:
-            return AUTO_ITERS_WITHOUT_VALIDATION, None
-        largest = max(max(len(p.train_source), len(p.train_target)) for p in prepared)
-        cap = int(np.clip(math.ceil(AUTO_EPOCHS * largest / self.batch_size),
-                          AUTO_MIN_ITERS, AUTO_MAX_ITERS))
-        return AUTO_FIRST_CYCLE, cap
-
     def _fit_pairs(self, pairs: list[_Pair], stacklevel: int) -> list[dict[str, Any]]:
         """Fit one map per pair, stacked: the fitted attributes of each (``_fitted_attributes``).
 
@@ -456,26 +429,13 @@ class TransportMap(MinimaxEstimator):
     def _train(self, f, g, source: StackedSamples, target: StackedSamples, generator,
                validation, prepared: list[_Prepared], train_network: bool, stacklevel: int):
         """The minimax (cycles for ``n_iters="auto"``); warns when maps had not converged."""
-        use_validation = validation is not None
-        n_iters, cap = self._budget(prepared, use_validation)
-        settings = self._minimax_settings(n_iters, train_network)
-        if cap is not None and train_network:
-            result = train_in_cycles(f, g, source, target, settings, generator, validation,
-                                     first_cycle=n_iters, max_iters=cap)
-        else:
-            result = train_minimax(f, g, source, target, settings, generator, validation)
-        if train_network and use_validation and not result.converged.all():
-            advice = (f"the cap of {cap} iterations stopped it; pass a larger integer n_iters"
-                      if cap is not None else "use n_iters='auto' or a larger n_iters")
-            warnings.warn(
-                f"{int((~result.converged).sum())} of {len(prepared)} transport map(s) had not "
-                f"converged: the held-out energy distance was still improving beyond its noise "
-                f"after {result.iterations_run} iterations, so more training would likely still "
-                f"help; {advice}.",
-                RuntimeWarning,
-                stacklevel=stacklevel,
-            )
-        return result
+        largest = max(max(len(p.train_source), len(p.train_target)) for p in prepared)
+        return self._run_minimax(
+            f, g, source, target, generator, validation,
+            iterations_per_epoch=largest / self.batch_size, train_network=train_network,
+            subject=lambda result: (f"{int((~result.converged).sum())} of {len(prepared)} "
+                                    "transport map(s)"),
+            stacklevel=stacklevel + 1)
 
     def _fitted_map(self, k: int, prep: _Prepared, f, g, result, w2: float, seed: int,
                     device: torch.device, rng: np.random.Generator) -> dict[str, Any]:
