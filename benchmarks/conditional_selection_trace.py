@@ -36,7 +36,7 @@ def main() -> None:
     for params in args.params:
         for inner in args.inner:
             conditional.EXTRA.clear()
-            conditional.EXTRA.update(inner_steps=inner, **json.loads(params))
+            conditional.EXTRA.update({"inner_steps": inner, **json.loads(params)})
             cmap, seconds = conditional_fit(z, condition, line, rows, "control", args.n_iters, 0)
             energy = cmap.history_["selection_energy"]
             record = cmap.selection_

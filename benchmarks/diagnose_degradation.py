@@ -9,7 +9,7 @@ Each setting is one ``TransportMap.fit_many`` call on the problems of all seeds 
 (independent maps trained as one batched computation, TransportMap seed 0; stacking costs little
 on CPU). The training trajectory is read without touching the package: ``_validation_profiles`` of
 ``hycnn_sc.models._minimax`` (called at every validation check; iteration 0 is the state right
-after the warm start) and ``train_minimax`` as imported by ``hycnn_sc.models.transport`` (to
+after the warm start) and ``train_minimax`` as imported by ``hycnn_sc.models._estimator`` (the shared minimax runner; to
 reach ``g``) are wrapped from this script. Validation draws no random numbers, so the wrapper
 does not change training. The default run is validated every ``iters // 40`` iterations for a
 finer trajectory (same training; the shipped every-``iters // 20`` selection is replayed from
@@ -35,6 +35,7 @@ import torch
 
 torch.set_num_threads(1)
 
+import hycnn_sc.models._estimator as estimator_module  # noqa: E402
 import hycnn_sc.models._minimax as minimax_module  # noqa: E402
 import hycnn_sc.models.transport as transport_module  # noqa: E402
 from hycnn_sc.metrics import energy_distance  # noqa: E402
@@ -168,7 +169,7 @@ class Recorder:
 
 RECORDER = Recorder()
 ORIGINAL_VALIDATION = minimax_module._validation_profiles
-ORIGINAL_TRAIN = transport_module.train_minimax
+ORIGINAL_TRAIN = estimator_module.train_minimax
 
 
 def _train_and_remember(f, g, *args, **kwargs):
@@ -177,7 +178,7 @@ def _train_and_remember(f, g, *args, **kwargs):
 
 
 minimax_module._validation_profiles = RECORDER
-transport_module.train_minimax = _train_and_remember
+estimator_module.train_minimax = _train_and_remember
 
 
 # ---------------------------------------------------------------------- experiment

@@ -106,30 +106,32 @@ class MinimaxEstimator(BaseEstimator):
             tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
         )
 
-    def _schedule(self, iterations_per_epoch: float, use_validation: bool) -> tuple[int, int | None]:
+    def _schedule(self, points_per_epoch: int, points_per_iteration: int,
+                  use_validation: bool) -> tuple[int, int | None]:
         """``(iterations of one schedule, cap of the cycles or None)`` from ``n_iters``.
 
-        ``iterations_per_epoch``: iterations for every training point to be drawn once (on
-        average); ``n_iters="auto"`` caps the cycles at ``AUTO_EPOCHS`` epochs.
+        An epoch draws ``points_per_epoch`` points, an iteration ``points_per_iteration`` (per
+        side); ``n_iters="auto"`` caps the cycles at ``AUTO_EPOCHS`` epochs.
         """
         if self.n_iters != "auto":
             return self.n_iters, None
         if not use_validation:
             return AUTO_ITERS_WITHOUT_VALIDATION, None
-        cap = int(np.clip(math.ceil(AUTO_EPOCHS * iterations_per_epoch),
+        cap = int(np.clip(math.ceil(AUTO_EPOCHS * points_per_epoch / points_per_iteration),
                           AUTO_MIN_ITERS, AUTO_MAX_ITERS))
         return AUTO_FIRST_CYCLE, cap
 
     def _run_minimax(self, f, g, source, target, generator: torch.Generator, validation, *,
-                     iterations_per_epoch: float, train_network: bool, subject: Callable[[MinimaxResult], str],
+                     points_per_epoch: int, points_per_iteration: int, train_network: bool,
+                     subject: Callable[[MinimaxResult], str],
                      stacklevel: int, before_step: Callable[[int | None], None] | None = None,
                      ) -> MinimaxResult:
-        """The minimax of both estimators: held-out-driven cycles for ``n_iters="auto"`` (see
+        """The minimax of both estimators (epochs as in :meth:`_schedule`): held-out-driven cycles for ``n_iters="auto"`` (see
         :func:`~hycnn_sc.models._minimax.train_in_cycles`), else one schedule; warns when the
         held-out criterion was still improving (``subject(result)`` names what had not
         converged)."""
         use_validation = validation is not None
-        n_iters, cap = self._schedule(iterations_per_epoch, use_validation)
+        n_iters, cap = self._schedule(points_per_epoch, points_per_iteration, use_validation)
         settings = self._minimax_settings(n_iters, train_network)
         if cap is not None and train_network:
             result = train_in_cycles(f, g, source, target, settings, generator, validation,

@@ -168,7 +168,8 @@ class ConditionalTransportMap(MinimaxEstimator):
     selection_fraction
         Share of every condition's cells held out to pick the best iterate and ``λ``.
     selection_every
-        Iterations between held-out checks (``None``: ``n_iters // 20``).
+        Iterations between held-out checks (``None``: 20 per schedule; with
+        ``n_iters="auto"``, 20 per cycle).
     network_kwargs
         Extra arguments of the convex network (``isotropic_quadratic`` defaults to 0.1).
     device, seed, progress
@@ -406,7 +407,8 @@ class ConditionalTransportMap(MinimaxEstimator):
         n_allowed = len(self.conditions_) - len(withheld)
         result = self._run_minimax(
             f, g, source, target, generator, validation,
-            iterations_per_epoch=largest / self.batch_size * n_allowed / draw.per_step,
+            points_per_epoch=largest * n_allowed,
+            points_per_iteration=self.batch_size * draw.per_step,
             train_network=train_network, before_step=draw, stacklevel=4,  # the caller of fit
             subject=lambda _: "The conditional network (mean over conditions)")
         self.history_ = {name: values.mean(axis=1) if values.ndim == 2 else values

@@ -87,8 +87,8 @@ class TransportMap(MinimaxEstimator):
         start. Training goes on while the last cycle found a better map and the last two
         together improved the held-out energy distance beyond its noise (1.645 paired
         standard errors). The total is capped at 500 passes over the larger training side (in
-        batches), clipped to 1,500–31,500 iterations. A linear truth stops after 500
-        iterations on the warm start; a large nonlinear problem trains for thousands.
+        batches), clipped to 1,500–31,500 iterations. A linear truth stops after 1,500
+        iterations on the warm start (the first cycle and one exploring cycle, both undone); a large nonlinear problem trains for thousands.
         Without held-out data (``selection_fraction=0``) ``"auto"`` means one
         1,000-iteration schedule.
     inner_steps
@@ -181,8 +181,10 @@ class TransportMap(MinimaxEstimator):
         False (with a warning) when the held-out criterion was still improving beyond its
         noise (1.645 standard errors of the paired energy-distance difference) at the end, so
         that more iterations would very likely still help: with ``n_iters="auto"`` when the
-        last cycle beat its start by that much; with a fixed budget
-        when the final iterate beat the iterate halfway through the schedule by that much.
+        last cycle beat its start by that much; with a fixed budget when the final iterate beat
+        the iterate halfway through the schedule by that much, or the held-out energy of the
+        second half fell with a least-squares slope more than 1.645 of its standard errors
+        below zero.
     w2_squared_ : float
         Semi-dual estimate of the squared 2-Wasserstein distance (original units), measured on
         the validation data (training data without validation).
@@ -432,7 +434,8 @@ class TransportMap(MinimaxEstimator):
         largest = max(max(len(p.train_source), len(p.train_target)) for p in prepared)
         return self._run_minimax(
             f, g, source, target, generator, validation,
-            iterations_per_epoch=largest / self.batch_size, train_network=train_network,
+            points_per_epoch=largest, points_per_iteration=self.batch_size,
+            train_network=train_network,
             subject=lambda result: (f"{int((~result.converged).sum())} of {len(prepared)} "
                                     "transport map(s)"),
             stacklevel=stacklevel + 1)
