@@ -14,11 +14,13 @@ conditions, ``conditional_selection_trace.py``) and the map should stay linear; 
 should depart from the linear map and beat it.
 
     NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/conditional_nonlinear.py [--n 200 2000] [--seeds 0 1]
+        [--params '{"lr": 1e-3}']
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
 
@@ -43,7 +45,7 @@ def uvp(predicted: np.ndarray, true: np.ndarray) -> float:
     return float(100 * np.square(predicted - true).sum(1).mean() / true.var(0).sum())
 
 
-def run(n: int, seed: int) -> list[list]:
+def run(n: int, seed: int, params: dict) -> list[list]:
     rng = np.random.default_rng(seed)
     labels = list(ALPHAS)
     sources = [rng.normal(size=(n, DIM)).astype(np.float32) for _ in labels]
@@ -51,7 +53,7 @@ def run(n: int, seed: int) -> list[list]:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        cmap = ConditionalTransportMap(seed=seed, device="cpu").fit(sources, targets, labels)
+        cmap = ConditionalTransportMap(seed=seed, device="cpu", **params).fit(sources, targets, labels)
     seconds = time.perf_counter() - start
     test = rng.normal(size=(N_TEST, DIM))
     rows = []
@@ -78,11 +80,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[200, 2000],
                         help="source and target cells per condition")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--params", default="{}", help="JSON of extra ConditionalTransportMap arguments")
     args = parser.parse_args()
-    print(f"# conditional training on a nonlinear truth (d = {DIM}, 4 conditions) — {machine()}\n")
+    params = json.loads(args.params)
+    print(f"# conditional training on a nonlinear truth (d = {DIM}, 4 conditions) — {machine()}; "
+          f"extra arguments {params}\n")
     header = ["cells", "seed", "condition", "identity", "mean_shift", "gaussian", "conditional",
               "network", "ratio", "λ", "iters (best)", "converged_", "fit s"]
-    rows = [row for n in args.n for seed in args.seeds for row in run(n, seed)]
+    rows = [row for n in args.n for seed in args.seeds for row in run(n, seed, params)]
     print("## L2-UVP % against the true map (ratio: conditional / the better linear baseline)")
     print_table(header, rows)
 

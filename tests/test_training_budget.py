@@ -189,39 +189,37 @@ def _only_first_cycle(patch):
         patch.setattr(f"hycnn_sc.models._estimator.{name}", 20)
 
 
-def test_conditional_auto_budget_keeps_the_better_cycle(monkeypatch, conditional_data):
-    """The shared network is one model for the cycle rule: a second cycle that only worsens
-    the mean held-out energy is undone, weights and all (the first cycle's end is kept)."""
-    sources, targets, labels = conditional_data
-    with pytest.MonkeyPatch.context() as patch:
+def _first_cycle_only(patch, first, kept):
+    """A fit stopped after its first cycle: by the cap when that cycle is kept (it warns that
+    the map was still improving), else by allowing no exploration (the warm start restored)."""
+    _scripted_cycles(patch, first)
+    if kept:
         _only_first_cycle(patch)
-        _scripted_cycles(patch, (1.0, 0.5))
-        with pytest.warns(RuntimeWarning, match="cap of 20 iterations"):  # stopped improving
-            reference = ConditionalTransportMap(**CONDITIONAL).fit(sources, targets, labels)
-    assert list(reference.history_["cycle_start"]) == [0]
-    _scripted_cycles(monkeypatch, (1.0, 0.5), (0.5, 1.0))
-    cmap = ConditionalTransportMap(**CONDITIONAL).fit(sources, targets, labels)
-    assert list(cmap.history_["cycle_start"]) == [0, 20]
-    assert cmap.best_iteration_ == 20
-    assert cmap.converged_
-    np.testing.assert_array_equal(cmap.transport(sources[0], "B"),
-                                  reference.transport(sources[0], "B"))
+        return pytest.warns(RuntimeWarning, match="cap of 20 iterations")
+    patch.setattr(minimax, "MAX_EXPLORATIONS", 0)
+    return warnings.catch_warnings()
 
 
-def test_conditional_auto_budget_restores_the_warm_start(monkeypatch, conditional_data):
-    """Cycles that only make the held-out energy worse: the warm-started network comes back."""
+@pytest.mark.parametrize(("cycles", "best"), [
+    (((1.0, 0.5), (0.5, 1.0)), 20),  # the first cycle kept, the second (worse) undone
+    (((1.0, 1.2), (1.2, 1.3)), 0),  # both worse: the warm-started network comes back
+])
+def test_conditional_auto_budget_keeps_or_restores_whole_weights(monkeypatch, conditional_data,
+                                                                 cycles, best):
+    """The shared network is one model for the cycle rule: an undone cycle puts back every
+    weight of the network kept before it (compared with the same fit stopped there)."""
     sources, targets, labels = conditional_data
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(minimax, "MAX_EXPLORATIONS", 0)
-        _scripted_cycles(patch, (1.0, 1.2))
+    with pytest.MonkeyPatch.context() as patch, _first_cycle_only(patch, cycles[0], best > 0):
         reference = ConditionalTransportMap(**CONDITIONAL).fit(sources, targets, labels)
-    _scripted_cycles(monkeypatch, (1.0, 1.2), (1.2, 1.3))
+    assert list(reference.history_["cycle_start"]) == [0]
+    _scripted_cycles(monkeypatch, *cycles)
     cmap = ConditionalTransportMap(**CONDITIONAL).fit(sources, targets, labels)
     assert list(cmap.history_["cycle_start"]) == [0, 20]
-    assert cmap.best_iteration_ == 0
+    assert cmap.best_iteration_ == best
     assert cmap.converged_
-    np.testing.assert_array_equal(cmap.transport(sources[0], "C"),
-                                  reference.transport(sources[0], "C"))
+    for label in labels:
+        np.testing.assert_array_equal(cmap.transport(sources[0], label),
+                                      reference.transport(sources[0], label))
 
 
 def test_conditional_auto_budget_stopped_by_its_cap_is_not_converged(monkeypatch,
