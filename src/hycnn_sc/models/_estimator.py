@@ -126,10 +126,10 @@ class MinimaxEstimator(BaseEstimator):
                      subject: Callable[[MinimaxResult], str],
                      stacklevel: int, before_step: Callable[[int | None], None] | None = None,
                      ) -> MinimaxResult:
-        """The minimax of both estimators (epochs as in :meth:`_schedule`): held-out-driven cycles for ``n_iters="auto"`` (see
-        :func:`~hycnn_sc.models._minimax.train_in_cycles`), else one schedule; warns when the
-        held-out criterion was still improving (``subject(result)`` names what had not
-        converged)."""
+        """The minimax of both estimators: held-out-driven cycles for ``n_iters="auto"`` (see
+        :func:`~hycnn_sc.models._minimax.train_in_cycles`; the cap in epochs as in
+        :meth:`_schedule`), else one schedule; warns when the held-out criterion was still
+        improving (``subject(result)`` names what had not converged)."""
         use_validation = validation is not None
         n_iters, cap = self._schedule(points_per_epoch, points_per_iteration, use_validation)
         settings = self._minimax_settings(n_iters, train_network)

@@ -88,7 +88,8 @@ class TransportMap(MinimaxEstimator):
         together improved the held-out energy distance beyond its noise (1.645 paired
         standard errors). The total is capped at 500 passes over the larger training side (in
         batches), clipped to 1,500–31,500 iterations. A linear truth stops after 1,500
-        iterations on the warm start (the first cycle and one exploring cycle, both undone); a large nonlinear problem trains for thousands.
+        iterations on the warm start (the first cycle and one exploring cycle, both undone);
+        a large nonlinear problem trains for thousands.
         Without held-out data (``selection_fraction=0``) ``"auto"`` means one
         1,000-iteration schedule.
     inner_steps
