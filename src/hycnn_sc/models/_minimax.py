@@ -284,10 +284,18 @@ def improved_beyond_noise(new: list[EnergyProfile], old: list[EnergyProfile],
     """
     if shared:
         gain = np.mean([o.value - n.value for o, n in zip(old, new, strict=True)])
-        se = math.sqrt(sum(paired_standard_error(n, o) ** 2
-                           for o, n in zip(old, new, strict=True))) / len(new)
-        return np.full(len(new), gain > IMPROVEMENT_Z * se)
+        return np.full(len(new), gain > IMPROVEMENT_Z * _difference_errors(new, old, shared)[0])
     return np.array([significant_improvement(n, o) for o, n in zip(old, new, strict=True)])
+
+
+def _difference_errors(new: list[EnergyProfile], old: list[EnergyProfile],
+                       shared: bool) -> np.ndarray:
+    """Paired standard errors of ``new − old`` per model, or (shared) one of the mean over
+    conditions, whose noise is taken as independent across conditions."""
+    errors = [paired_standard_error(n, o) for o, n in zip(old, new, strict=True)]
+    if shared:
+        return np.array([math.sqrt(sum(e**2 for e in errors)) / len(new)])
+    return np.array(errors)
 
 
 def _converged(checks: list[int], profiles: list[list[EnergyProfile]], shared: bool) -> np.ndarray:
@@ -329,11 +337,9 @@ def _falling_trend(checks: list[int], profiles: list[list[EnergyProfile]], share
     n_models = values.shape[1]
     if len(checks) < MIN_TREND_CHECKS:
         return np.zeros(n_models, dtype=bool)
-    first, last = profiles[0], profiles[-1]
-    paired = np.array([paired_standard_error(new, old) for new, old in zip(last, first, strict=True)])
+    paired = _difference_errors(profiles[-1], profiles[0], shared)
     if shared:
         values = values.mean(axis=1, keepdims=True)
-        paired = np.sqrt(np.sum(paired**2, keepdims=True)) / n_models
     x = np.asarray(checks, dtype=float)
     span = x[-1] - x[0]
     x = x - x.mean()
