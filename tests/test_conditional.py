@@ -307,8 +307,7 @@ def test_shared_controls_are_stored_once(monkeypatch):
     assert sizes[0][0] == 3 and n_train_controls < len(control)  # one training control block
 
 
-def test_transfer_residual_is_chosen_on_withheld_conditions():
-    rng = np.random.default_rng(9)
+def _four_lines_two_perturbations(rng):
     sources, targets, perts, contexts = [], [], [], []
     for line, scale in (("L1", 0.5), ("L2", 1.0), ("L3", 1.5), ("L4", 2.0)):
         control = rng.normal(size=(150, 3))
@@ -317,6 +316,11 @@ def test_transfer_residual_is_chosen_on_withheld_conditions():
             targets.append(rng.normal(size=(150, 3)) + scale * np.asarray(shift))
             perts.append(pert)
             contexts.append((line,))
+    return sources, targets, perts, contexts
+
+
+def test_transfer_residual_is_chosen_on_withheld_conditions():
+    sources, targets, perts, contexts = _four_lines_two_perturbations(np.random.default_rng(9))
     cmap = ConditionalTransportMap(**FAST).fit(sources, targets, perts, contexts=contexts)
     withheld = cmap.selection_["transfer_withheld"]
     assert len(withheld) == 1 and 0.0 <= cmap.residual_transfer_ <= 1.0
@@ -327,6 +331,33 @@ def test_transfer_residual_is_chosen_on_withheld_conditions():
     fixed = ConditionalTransportMap(**{**FAST, "residual": 0.5}).fit(
         sources, targets, perts, contexts=contexts)
     assert fixed.residual_transfer_ == 0.5 and "transfer_withheld" not in fixed.selection_
+
+
+@pytest.mark.parametrize("n_iters", [40, "auto"])
+def test_withheld_conditions_do_not_steer_training(monkeypatch, n_iters):
+    # The conditions withheld to choose the transfer λ must stay unseen until that choice:
+    # every held-out check (best iterate, cycles) maps and scores only the trained conditions.
+    from hycnn_sc.models import _estimator, _minimax
+
+    monkeypatch.setattr(_estimator, "AUTO_FIRST_CYCLE", 20)
+    monkeypatch.setattr(_estimator, "AUTO_MIN_ITERS", 60)
+    monkeypatch.setattr(_estimator, "AUTO_MAX_ITERS", 60)
+    checked = []
+    original = _minimax._validation_profiles
+
+    def record(f, padded_source, sizes, targets, within_targets):
+        checked.append((f.active.tolist(), len(sizes), len(targets)))
+        return original(f, padded_source, sizes, targets, within_targets)
+
+    monkeypatch.setattr(_minimax, "_validation_profiles", record)
+    sources, targets, perts, contexts = _four_lines_two_perturbations(np.random.default_rng(9))
+    cmap = ConditionalTransportMap(**{**FAST, "n_iters": n_iters}).fit(
+        sources, targets, perts, contexts=contexts)
+    (pert, line), = cmap.selection_["transfer_withheld"]
+    withheld = cmap.conditions_.index(cmap.condition(pert, line))
+    trained = [k for k in range(len(cmap.conditions_)) if k != withheld]
+    assert checked and all(check == (trained, 7, 7) for check in checked)
+    assert np.isfinite(cmap.history_["selection_energy"]).all()
 
 
 def test_standardise_keeps_no_float64_copy_of_shared_controls():

@@ -143,3 +143,10 @@ def test_outer_objective_in_one_pass_equals_two_passes():
     source, mapped = torch.randn(2, 10, 3), torch.randn(2, 6, 3)
     expected = f(source).mean(-1) - f(mapped).mean(-1)
     torch.testing.assert_close(outer_objective(f, source, mapped), expected)
+
+
+def test_independent_models_need_one_validation_cloud_each():
+    f, g, source, target, (held, targets) = _problem()
+    two_clouds = (StackedSamples([held.values.numpy()] * 2, torch.device("cpu")), targets * 2)
+    with pytest.raises(ValueError, match="2 validation clouds for 1 stacked models"):
+        train_minimax(f, g, source, target, _settings(), torch.Generator().manual_seed(0), two_clouds)

@@ -382,6 +382,24 @@ def _restore(module: nn.Module, snapshot: dict[str, torch.Tensor], mask: np.ndar
     module.load_state_dict(state)
 
 
+def _judged_models(f: nn.Module, source: StackedSamples,
+                   validation: tuple[StackedSamples, Sequence[torch.Tensor]] | None) -> int:
+    """How many models the held-out rule judges: one per validation cloud, else one per
+    training cloud.
+
+    Stacked (independent) models are validated one each. A shared (conditional) network may be
+    validated on a subset of its conditions (those it trains on, with ``before_step(None)``
+    activating them), so that conditions withheld for a later choice do not steer training.
+    """
+    if validation is None:
+        return len(source.sizes)
+    n_validated = len(validation[0].sizes)
+    if not getattr(f, "shares_parameters", False) and n_validated != len(source.sizes):
+        raise ValueError(f"{n_validated} validation clouds for {len(source.sizes)} stacked models; "
+                         "independent models need one validation cloud each.")
+    return n_validated
+
+
 def train_minimax(
     f: nn.Module,
     g: nn.Module,
@@ -404,12 +422,14 @@ def train_minimax(
     ``KeyboardInterrupt`` stops training and keeps the best iterate. Both are reported as
     warnings and in the result.
 
-    Conditional potentials (``f.shares_parameters``: one network for all ``n_models``
-    conditions) keep the iterate with the best mean validation energy over conditions, and
+    Conditional potentials (``f.shares_parameters``: one network for all conditions) keep the
+    iterate with the best mean validation energy over the validated conditions (all, or the
+    subset ``before_step(None)`` activates, one validation cloud each), and
     ``before_step(iteration)`` runs before every iteration (``before_step(None)`` before each
     validation and at the end) to choose the conditions a step covers.
     """
-    loop = _MinimaxLoop(f, g, settings, len(source.sizes), validation, before_step)
+    loop = _MinimaxLoop(f, g, settings, _judged_models(f, source, validation), validation,
+                        before_step)
     loop.validate(0)
     loop.run(source, target, generator)
     return loop.finish()
@@ -657,7 +677,7 @@ def train_in_cycles(
     conditions decides, and ``before_step`` is passed to every cycle (see
     :func:`train_minimax`).
     """
-    budget = _CycleBudget(f, g, len(source.sizes))
+    budget = _CycleBudget(f, g, _judged_models(f, source, validation))
     length, used, cycles = first_cycle, 0, []
     while True:
         result = train_minimax(

@@ -197,8 +197,9 @@ class ConditionalTransportMap(MinimaxEstimator):
         The chosen ``λ`` (seen conditions, unseen combinations, new contexts).
     residual_transfer_ : float
         ``λ`` for a perturbation asked for in a seen context where it was not measured,
-        chosen on conditions withheld from network training (about 10 % of those whose
-        perturbation and context both occur elsewhere, with at least 8 conditions).
+        chosen on conditions withheld from network training and from its held-out checks
+        (about 10 % of those whose perturbation and context both occur elsewhere, with at
+        least 8 conditions).
     shrinkage_ : ndarray
         ``γ`` of every training condition's linear part.
     history_, best_iteration_, converged_, n_params_, seed_, selection_
@@ -400,7 +401,7 @@ class ConditionalTransportMap(MinimaxEstimator):
         withheld = self._withheld_conditions(rng) if train_network else []
         f, g = self._bound("f"), self._bound("g")
         source, target, held, validation = data.training_samples(
-            device, self._selection_fraction > 0)
+            device, self._selection_fraction > 0, withheld)
         draw = self._condition_sampler(f, g, source, target, generator, withheld)
         if train_network and self.warm_start == "gaussian" and self.warm_start_iters > 0:
             self._warm_start(f, g, source, target, draw, generator, linear_train)
@@ -576,7 +577,8 @@ class ConditionalTransportMap(MinimaxEstimator):
     def _condition_sampler(self, f: _Bound, g: _Bound, source: StackedSamples,
                            target: StackedSamples, generator: torch.Generator,
                            withheld: Sequence[int] = ()):
-        """The per-step hook: draw the conditions (and context dropout) of one step."""
+        """The per-step hook: draw the conditions (and context dropout) of one step;
+        ``draw(None)`` (validation, end of training) activates every condition not withheld."""
         allowed = torch.as_tensor([k for k in range(len(self.conditions_)) if k not in withheld])
         n = len(allowed)
         per_step = min(self.conditions_per_step, n)
@@ -584,7 +586,8 @@ class ConditionalTransportMap(MinimaxEstimator):
 
         def draw(step: int | None) -> None:
             if step is None:
-                active = unknown = None
+                active = allowed if len(withheld) else None
+                unknown = None
             else:
                 active = allowed[torch.randperm(n, generator=generator)[:per_step]].sort().values
                 unknown = (torch.rand(per_step, generator=generator) < self.context_dropout
@@ -923,10 +926,11 @@ class _Standardised:
     scale: float
     shared: _SharedControls
 
-    def training_samples(self, device: torch.device, select: bool):
+    def training_samples(self, device: torch.device, select: bool, withheld: Sequence[int] = ()):
         """``(source, target, held, validation)``: training clouds, held-out pairs (the
         training cells where too few were held out) and the validation data (None without
-        selection)."""
+        selection) of every condition not ``withheld``, in order: the conditions withheld from
+        network training to choose ``λ`` for transfers do not take part in training decisions."""
         once, pairs = self.shared.once, list(zip(self.standard, self.masks, strict=True))
         source = StackedSamples([once(k, "train", lambda s=s, m=m: s[~m[0]] if (~m[0]).sum() >= 2 else s)
                                  for k, ((s, _), m) in enumerate(pairs)], device)
@@ -937,9 +941,11 @@ class _Standardised:
                 for k, ((s, t), m) in enumerate(pairs)]
         validation = None
         if select:
+            validated = [(k, pair) for k, pair in enumerate(held) if k not in withheld]
             validation = (StackedSamples([once(k, "validation", lambda s=s: s[:MAX_VALIDATION_POINTS])
-                                          for k, (s, _) in enumerate(held)], device),
-                          [torch.as_tensor(t[:MAX_VALIDATION_POINTS], device=device) for _, t in held])
+                                          for k, (s, _) in validated], device),
+                          [torch.as_tensor(t[:MAX_VALIDATION_POINTS], device=device)
+                           for _, (_, t) in validated])
         return source, target, held, validation
 
 
