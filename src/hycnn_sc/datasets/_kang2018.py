@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ import pandas as pd
 import scipy.io
 import scipy.sparse as sp
 
+from .._warnings import warn_user
 from ._cache import download as _download
 from ._cache import resolve_cache_dir
 from ._shipped import _ensure_categoricals
@@ -225,10 +225,9 @@ def _write_processed(adata: AnnData, path: Path) -> None:
             tmp.unlink(missing_ok=True)
         if not isinstance(err, OSError):
             raise
-        warnings.warn(
+        warn_user(
             f"Could not cache the parsed Kang 2018 data at {path} ({err}); "
             "the raw files will be parsed again next time.",
-            stacklevel=3,
         )
 
 
@@ -251,7 +250,7 @@ def _read_kang2018_files(directory: str | os.PathLike[str]) -> AnnData:
     table, stim_labels = _read_singlets(directory / _METADATA_FILE)
     tsne_columns = [_find_column(table, "tsne1", "tSNE_1"), _find_column(table, "tsne2", "tSNE_2")]
     has_tsne = None not in tsne_columns
-    libraries = []  # a loop, not a comprehension: the warnings' stacklevel counts frames
+    libraries = []
     for sample in _SAMPLES:
         singlets = table.loc[stim_labels.eq(sample.stim).to_numpy()]
         libraries.append(
@@ -297,9 +296,8 @@ def _read_singlets(path: Path) -> tuple[pd.DataFrame, pd.Series]:
         raise ValueError(f"{_METADATA_FILE} has no 'stim' column (columns: {list(table.columns)}).")
     multiplets_column = _find_column(table, "multiplets")
     if multiplets_column is None:
-        warnings.warn(
+        warn_user(
             f"{_METADATA_FILE} has no 'multiplets' column; keeping every annotated cell.",
-            stacklevel=3,
         )
         table = table.copy()
     else:
@@ -367,10 +365,9 @@ def _match_rows(
         raise ValueError(f"{_METADATA_FILE} lists a barcode of {sample.gsm} more than once.")
     found = wanted.isin(keys)
     if not found.all():
-        warnings.warn(
+        warn_user(
             f"{int((~found).sum())} {sample.stim} cells of {_METADATA_FILE} are not in "
             f"{sample.barcodes}; dropping them.",
-            stacklevel=4,
         )
     position = pd.Series(np.arange(len(keys)), index=keys)
     rows = position.loc[wanted[found]].to_numpy()

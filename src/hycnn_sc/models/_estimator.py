@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +27,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from .._validation import check_positive, json_default
+from .._warnings import warn_user
 from ._factory import DEFAULT_HIDDEN, POTENTIALS, check_model_name
 from ._minimax import MinimaxResult, MinimaxSettings, train_in_cycles, train_minimax
 from ._utils import check_hidden, resolve_device
@@ -124,7 +124,7 @@ class MinimaxEstimator(BaseEstimator):
     def _run_minimax(self, f, g, source, target, generator: torch.Generator, validation, *,
                      points_per_epoch: int, points_per_iteration: int, train_network: bool,
                      subject: Callable[[MinimaxResult], str],
-                     stacklevel: int, before_step: Callable[[int | None], None] | None = None,
+                     before_step: Callable[[int | None], None] | None = None,
                      ) -> MinimaxResult:
         """The minimax of both estimators: held-out-driven cycles for ``n_iters="auto"`` (see
         :func:`~hycnn_sc.models._minimax.train_in_cycles`; the cap in epochs as in
@@ -141,12 +141,11 @@ class MinimaxEstimator(BaseEstimator):
         if train_network and use_validation and not result.converged.all():
             advice = (f"the cap of {cap} iterations stopped it; pass a larger integer n_iters"
                       if cap is not None else "use n_iters='auto' or a larger n_iters")
-            warnings.warn(
+            warn_user(
                 f"{subject(result)} had not converged: the held-out energy distance was still "
                 f"improving beyond its noise after {result.iterations_run} iterations, so more "
                 f"training would likely still help; {advice}.",
                 RuntimeWarning,
-                stacklevel=stacklevel,
             )
         return result
 
@@ -216,10 +215,10 @@ class MinimaxEstimator(BaseEstimator):
             if isinstance(value, str) and value == DEPRECATED:
                 continue
             if warn:
-                warnings.warn(
+                warn_user(
                     f"{type(self).__name__}({old}=...) is deprecated and will be removed in the "
                     f"next release; use {new}= (same meaning).",
-                    FutureWarning, stacklevel=4,
+                    FutureWarning,
                 )
             params[new] = value
         return params

@@ -8,7 +8,6 @@ validation set.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._warnings import warn_user
 from ._convex_base import potential_gradient
 from ._selection import SELECTION_Z
 from ._utils import make_adam
@@ -631,7 +631,7 @@ class _MinimaxLoop:
             "selection_energy": np.asarray(self.check_values).reshape(len(checks), self.n_models),
         }
         for message in result.messages:
-            warnings.warn(message, RuntimeWarning, stacklevel=4)
+            warn_user(message, RuntimeWarning)
         return result
 
 

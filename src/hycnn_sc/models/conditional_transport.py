@@ -412,7 +412,7 @@ class ConditionalTransportMap(MinimaxEstimator):
             f, g, source, target, generator, validation,
             points_per_epoch=largest * n_allowed,
             points_per_iteration=self.batch_size * draw.per_step,
-            train_network=train_network, before_step=draw, stacklevel=4,  # the caller of fit
+            train_network=train_network, before_step=draw,
             subject=lambda _: "The conditional network (mean over conditions)")
         self.history_ = {name: values.mean(axis=1) if values.ndim == 2 else values
                          for name, values in result.history.items()}

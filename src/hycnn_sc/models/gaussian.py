@@ -22,7 +22,6 @@ baseline every neural transport map should beat, and a warm start for one.
 All matrix roots use symmetric eigendecompositions in float64.
 """
 
-import warnings
 from typing import Any, Self
 
 import numpy as np
@@ -31,6 +30,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from .._validation import check_array, check_positive
+from .._warnings import warn_user
 from ._options import COVARIANCES, Covariance
 
 
@@ -461,13 +461,13 @@ class GaussianTransportMap(BaseEstimator):
 
     def to_dict(self) -> dict[str, Any]:
         """Deprecated name of :meth:`get_state` (removed in the next release)."""
-        warnings.warn("GaussianTransportMap.to_dict is deprecated; use get_state (same output).",
-                      FutureWarning, stacklevel=2)
+        warn_user("GaussianTransportMap.to_dict is deprecated; use get_state (same output).",
+                      FutureWarning)
         return self.get_state()
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> Self:
         """Deprecated name of :meth:`from_state` (removed in the next release)."""
-        warnings.warn("GaussianTransportMap.from_dict is deprecated; use from_state (same input).",
-                      FutureWarning, stacklevel=2)
+        warn_user("GaussianTransportMap.from_dict is deprecated; use from_state (same input).",
+                      FutureWarning)
         return cls.from_state(state)

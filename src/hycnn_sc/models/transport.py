@@ -314,7 +314,7 @@ class TransportMap(MinimaxEstimator):
         """
         self._validate_params()
         pairs = self._check_fit_pairs([source], [target], [source_groups], [target_groups])
-        self._set_fitted(self._fit_pairs(pairs, stacklevel=3)[0])
+        self._set_fitted(self._fit_pairs(pairs)[0])
         return self
 
     @classmethod
@@ -351,7 +351,7 @@ class TransportMap(MinimaxEstimator):
         template._validate_params()
         pairs = template._check_fit_pairs(sources, targets, source_groups, target_groups)
         maps = []
-        for fitted in template._fit_pairs(pairs, stacklevel=3):
+        for fitted in template._fit_pairs(pairs):
             tmap = clone(template)
             tmap._set_fitted(fitted)
             maps.append(tmap)
@@ -375,11 +375,8 @@ class TransportMap(MinimaxEstimator):
             )
         return pairs
 
-    def _fit_pairs(self, pairs: list[_Pair], stacklevel: int) -> list[dict[str, Any]]:
-        """Fit one map per pair, stacked: the fitted attributes of each (``_fitted_attributes``).
-
-        ``stacklevel`` is that of the public caller, for the not-converged warning.
-        """
+    def _fit_pairs(self, pairs: list[_Pair]) -> list[dict[str, Any]]:
+        """Fit one map per pair, stacked: the fitted attributes of each (``_fitted_attributes``)."""
         device = resolve_device(self.device)
         generator, seed = make_generator(self.seed)
         rng = np.random.default_rng(seed)
@@ -407,7 +404,7 @@ class TransportMap(MinimaxEstimator):
                 [torch.as_tensor(tgt[:MAX_VALIDATION_POINTS], device=device) for _, tgt in chosen],
             )
         result = self._train(f, g, source_samples, target_samples, generator, validation,
-                             prepared, train_network, stacklevel + 1)
+                             prepared, train_network)
         evaluation = chosen if use_validation else [(p.train_source, p.train_target) for p in prepared]
         w2 = np.full(len(pairs), math.nan)  # the semi-dual estimate needs trained potentials
         if train_network:
@@ -430,7 +427,7 @@ class TransportMap(MinimaxEstimator):
         return potential.to(device)
 
     def _train(self, f, g, source: StackedSamples, target: StackedSamples, generator,
-               validation, prepared: list[_Prepared], train_network: bool, stacklevel: int):
+               validation, prepared: list[_Prepared], train_network: bool):
         """The minimax (cycles for ``n_iters="auto"``); warns when maps had not converged."""
         largest = max(max(len(p.train_source), len(p.train_target)) for p in prepared)
         return self._run_minimax(
@@ -438,8 +435,7 @@ class TransportMap(MinimaxEstimator):
             points_per_epoch=largest, points_per_iteration=self.batch_size,
             train_network=train_network,
             subject=lambda result: (f"{int((~result.converged).sum())} of {len(prepared)} "
-                                    "transport map(s)"),
-            stacklevel=stacklevel + 1)
+                                    "transport map(s)"))
 
     def _fitted_map(self, k: int, prep: _Prepared, f, g, result, w2: float, seed: int,
                     device: torch.device, rng: np.random.Generator) -> dict[str, Any]:

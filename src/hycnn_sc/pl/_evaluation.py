@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from itertools import pairwise
 from typing import Literal, get_args
 
@@ -15,6 +14,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from .._docs import EXAMPLE_DATA, PLOT_RETURNS, doc_params, plot_arguments
+from .._warnings import warn_user
 from . import _utils as utils
 
 _BASELINE_COLORS = {"identity": "#9e9e9e", "mean_shift": "tab:green", "gaussian_ot": "tab:purple"}
@@ -238,10 +238,9 @@ def _value_scale(ax: Axes, shown: np.ndarray, metric: str, *, log: bool, horizon
     """A log value axis, or a zero line under negative values."""
     if log:
         if np.any(shown[np.isfinite(shown)] <= 0):
-            warnings.warn(
+            warn_user(
                 f"Some {metric} values are <= 0 and are not drawn on the log scale.",
                 UserWarning,
-                stacklevel=3,
             )
         (ax.set_xscale if horizontal else ax.set_yscale)("log")
     elif np.nanmin(shown) < 0:

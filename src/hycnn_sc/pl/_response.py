@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._docs import EXAMPLE_FITTED, PLOT_RETURNS, doc_params, plot_arguments
+from .._warnings import warn_user
 from ..metrics import r2_mean
 from ..tl import _inputs as inputs
 from ..tl._predict import gene_space
@@ -220,11 +219,10 @@ def _compared_cells(adata: AnnData, key: str, source_rows: np.ndarray,
     held = (adata.obs[split].astype(str) == HELD_OUT).to_numpy()
     if held[source_rows].sum() >= 2 and held[target_rows].sum() >= 2:
         return held[source_rows], target_rows[held[target_rows]], "held-out cells"
-    warnings.warn(
+    warn_user(
         f"Fewer than 2 held-out cells per side in obs[{split!r}]; comparing all cells "
         "(training cells included).",
         UserWarning,
-        stacklevel=3,
     )
     return np.ones(len(source_rows), dtype=bool), target_rows, "all cells"
 

@@ -7,7 +7,6 @@ stored entries and predictions.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._warnings import warn_user
 from ..models.conditional_transport import ConditionalTransportMap
 from ..models.transport import MIN_GROUP_POINTS
 from . import _inputs as inputs
@@ -146,12 +146,11 @@ def predict_source_cells(cmap: ConditionalTransportMap, values: np.ndarray, cont
             continue
         out[mine] = cmap.transport(values[rows[mine]], label, context=key, dose=dose)
     if too_small:
-        warnings.warn(
+        warn_user(
             f"No {label!r} prediction for context(s) {too_small[:10]}: they were not seen at fit "
             f"time and have fewer than {MIN_GROUP_POINTS} source cells to encode them from; "
             "their rows are NaN.",
             UserWarning,
-            stacklevel=3,
         )
     return out
 

@@ -29,7 +29,6 @@ batch mapping, training flag) comes from the public model API.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._warnings import warn_user
 from . import _inputs as inputs
 from ._schema import PREDICTION_KEY, SOURCE_COLUMN
 
@@ -244,13 +244,12 @@ class ScviDecoder:
     def _check_record(self, scvi) -> None:
         record = self.reference.uns.get(SCVI_KEY, {}).get(self.use_rep)
         if record is None:
-            warnings.warn(
+            warn_user(
                 f"No record of the scVI model behind obsm[{self.use_rep!r}] "
                 f"(uns[{SCVI_KEY!r}]): only the latent width and the genes are checked. Write "
                 "the latent with hycnn_sc.tl.scvi_latent(adata, scvi_model=model) so decode can "
                 "also check that it is the same model.",
                 UserWarning,
-                stacklevel=4,
             )
             return
         if int(record["n_latent"]) != self.n_latent or str(record["fingerprint"]) != self.fingerprint:

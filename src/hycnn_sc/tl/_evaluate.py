@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +11,7 @@ from anndata import AnnData
 
 from .. import metrics
 from .._docs import EXAMPLE_DATA, doc_params
+from .._warnings import warn_user
 from ..models._utils import resolve_device
 from . import _inputs as inputs
 from ._decode import ScviDecoder, check_model
@@ -402,10 +402,9 @@ def _warn_too_few(too_few: list[str], n_maps: int) -> None:
             "with holdout_fraction=0.2 to hold cells out for evaluate, or evaluate "
             "generalisation to new groups with evaluate(adata, holdout='patient_id')."
         )
-    warnings.warn(
+    warn_user(
         f"Not evaluated: {message}. Refit with a larger holdout_fraction to include them.",
         UserWarning,
-        stacklevel=3,
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -14,6 +13,7 @@ from anndata import AnnData
 
 from .._docs import EXAMPLE_FITTED, doc_params
 from .._validation import check_seed
+from .._warnings import warn_user
 from ..models._estimator import RENAMED_PARAMS
 from ..models._options import Potential
 from ..models.conditional_transport import ConditionalTransportMap
@@ -107,10 +107,9 @@ def _pca_projection(adata: AnnData, use_rep: str | None) -> tuple[np.ndarray, np
     except (ValueError, TypeError) as problem:
         error, reason = np.inf, f"adata.X cannot be projected on varm['PCs'] ({problem})"
     if not error <= 0.05:
-        warnings.warn(
+        warn_user(
             f"{reason}; predictions will be stored in PCA space only, not in gene space.",
             UserWarning,
-            stacklevel=4,
         )
         return None
     return components, mean
@@ -163,12 +162,11 @@ def _transport_source_cells(tmap: TransportMap, values: np.ndarray, units: np.nd
                  if n not in tmap.group_means_ and c < MIN_GROUP_POINTS]
         if small:
             movable = ~np.isin(units, small)
-            warnings.warn(
+            warn_user(
                 f"Target {label!r}: the map works relative to each group's control cells, and "
                 f"group(s) {small[:10]} of obs[{groups!r}] have fewer than {MIN_GROUP_POINTS} "
                 "source cells and no target cells: their predictions are left NaN.",
                 UserWarning,
-                stacklevel=4,
             )
     if movable.any():
         out[movable] = tmap.transport(values[movable],
@@ -382,12 +380,11 @@ def _renamed_holdout(holdout_fraction: float, model_kwargs: dict[str, Any]) -> f
         raise TypeError(
             "Pass holdout_fraction only: validation_fraction is its former name (deprecated)."
         )
-    warnings.warn(
+    warn_user(
         "fit_transport(validation_fraction=...) is deprecated and will be removed in the next "
         f"release: pass holdout_fraction={value!r} (the cells held out for evaluate). The map's "
         "own best-iterate split is selection_fraction.",
         FutureWarning,
-        stacklevel=3,
     )
     return value
 
@@ -457,11 +454,10 @@ def _fit_maps(adata: AnnData, label_values: np.ndarray, stratum_values: np.ndarr
     position, values = _read_groups(adata, cell_groups, params.use_rep, params.layer)
     projection = _pca_projection(adata, params.use_rep)
     if skipped:
-        warnings.warn(
+        warn_user(
             f"Skipped {len(skipped)} target/stratum pair(s) without source or target cells: "
             f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}.",
             UserWarning,
-            stacklevel=3,
         )
     # One array per group: the maps of a stratum share its source cells (one object).
     train = {key: values[position[rows[~held_out[key]]]] for key, rows in cell_groups.items()}
@@ -561,12 +557,11 @@ def _store(adata: AnnData, key_added: str, stored: dict[str, Any], split: np.nda
     if copy:
         adata = adata.copy()
     elif adata.is_view:
-        warnings.warn(
+        warn_user(
             "fit_transport received a view of an AnnData: it makes the view an actual AnnData "
             "(as anndata does whenever a view is modified) and writes the results to it; the "
             "parent object is not changed. Pass adata[mask].copy() to avoid this warning.",
             UserWarning,
-            stacklevel=3,
         )
         adata._init_as_actual(adata.copy())
     _write(adata, key_added, stored, split, obsm)

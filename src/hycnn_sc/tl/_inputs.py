@@ -6,7 +6,6 @@ argument, the bad value and the fix.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._validation import check_real_dtype
+from .._warnings import warn_user
 
 #: Fewest cells a group needs: a few for training and some held out for evaluation.
 MIN_CELLS = 4
@@ -232,12 +232,11 @@ def warn_if_counts(values: np.ndarray, use_rep: str | None, name: str,
     sample = values[: min(len(values), 2000)]
     integer_dtype = dtype is not None and np.issubdtype(dtype, np.integer)
     if integer_dtype or (sample.max() > 10 and np.array_equal(sample, np.round(sample))):
-        warnings.warn(
+        warn_user(
             f"{name} looks like raw counts (integer values up to {sample.max():.0f}); maps are "
             "usually fitted on log-normalised data or a PCA. Run scanpy.pp.normalize_total and "
             "scanpy.pp.log1p (and pca) first, or pass use_rep.",
             UserWarning,
-            stacklevel=3,
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -12,6 +11,7 @@ from anndata.utils import make_index_unique
 
 from .._docs import EXAMPLE_FITTED, doc_params
 from .._validation import check_positive
+from .._warnings import warn_user
 from ..models._utils import resolve_device
 from ..models.transport import TransportMap
 from . import _inputs as inputs
@@ -175,13 +175,12 @@ def query_groups(query: AnnData, params: FitParams, rows: np.ndarray) -> np.ndar
     if column is None:
         return None
     if column not in query.obs:
-        warnings.warn(
+        warn_user(
             f"The maps were fitted with groups={column!r} but the cells to predict from have no "
             f"obs[{column!r}]: all {len(rows)} selected cells are treated as one new group "
             f"(predicted relative to their own mean). Add the column if they come from several "
             "groups.",
             UserWarning,
-            stacklevel=3,
         )
         return np.full(len(rows), "__new_group__", dtype=object)
     return inputs.group_labels(query, column, "groups").to_numpy()[rows]
