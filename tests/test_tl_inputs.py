@@ -201,6 +201,10 @@ FIT_CASES = {
     "selection_fraction=1.5": (None, dict(selection_fraction=1.5), ValueError,
                                r"selection_fraction must be a number in \[0, 1\), got 1.5"),
     "seed=-1": (None, dict(seed=-1), ValueError, r"seed must be a non-negative int or None, got -1"),
+    "torch_compile='yes'": (None, dict(torch_compile="yes"), ValueError,
+                            r"torch_compile must be True, False or 'auto', got 'yes'"),
+    "torch_compile with tau_schedule": (None, dict(torch_compile=True, tau_schedule="cosine"),
+                                        ValueError, r"torch_compile=True cannot be combined with tau_schedule"),
     "key_added with /": (None, dict(key_added="a/b"), ValueError,
                          r"key_added must be a non-empty string without '/'"),
 }

@@ -104,7 +104,12 @@ class MinimaxEstimator(BaseEstimator):
             selection_every=self._selection_every,
             tau=tau if self.model == "hycnn" else None, tau_schedule=self.tau_schedule,
             tau_final=self.tau_final, tau_cycles=self.tau_cycles, progress=self.progress,
+            torch_compile=self._compile_setting(),
         )
+
+    def _compile_setting(self) -> bool | str:
+        """``MinimaxSettings.torch_compile`` (never for a shared, conditional network)."""
+        return False
 
     def _schedule(self, points_per_epoch: int, points_per_iteration: int,
                   use_validation: bool) -> tuple[int, int | None]:

@@ -161,6 +161,15 @@ class TransportMap(MinimaxEstimator):
         seed are bit-identical. ``None`` draws one and stores it in ``seed_``.
     progress
         Show progress bars.
+    torch_compile
+        Compile the training step with :func:`torch.compile`: ``"auto"`` (default) for
+        schedules (or ``n_iters="auto"`` cycles) of at least 4,000 iterations, where the
+        compile time (15-45 s on a CPU, once per process and problem shape) is paid back;
+        ``True`` always; ``False`` never. Measured on 2 CPU cores (HyCNN 48x4, batch 256): an
+        iteration takes about two thirds of its eager time. Compiled arithmetic rounds
+        differently, so a compiled fit is not bit-identical to an eager one with the same
+        seed. Where compiling fails (no C++ compiler, an unsupported platform) training
+        continues eagerly with a warning; with ``tau_schedule`` the step is never compiled.
     validation_fraction, validation_every
         Deprecated names of ``selection_fraction`` and ``selection_every`` (a FutureWarning;
         removed in the next release).
@@ -244,6 +253,7 @@ class TransportMap(MinimaxEstimator):
         device: str = "auto",
         seed: int | None = None,
         progress: bool = False,
+        torch_compile: bool | Auto = "auto",
         validation_fraction: float | str = DEPRECATED,
         validation_every: int | str | None = DEPRECATED,
     ) -> None:
@@ -271,6 +281,7 @@ class TransportMap(MinimaxEstimator):
         self.device = device
         self.seed = seed
         self.progress = progress
+        self.torch_compile = torch_compile
         self.validation_fraction = validation_fraction
         self.validation_every = validation_every
 
@@ -293,6 +304,16 @@ class TransportMap(MinimaxEstimator):
             raise ValueError(
                 f"Unknown frame {self.frame!r}; choose 'auto', 'global', 'group' or 'within'."
             )
+        if not (isinstance(self.torch_compile, bool) or self.torch_compile == "auto"):
+            raise ValueError(
+                f"torch_compile must be True, False or 'auto', got {self.torch_compile!r}.")
+        if self.torch_compile is True and self.tau_schedule is not None:
+            raise ValueError(
+                "torch_compile=True cannot be combined with tau_schedule (every new tau would "
+                "compile again); use torch_compile=False or 'auto' (which trains eagerly then).")
+
+    def _compile_setting(self) -> bool | str:
+        return self.torch_compile
 
     # ------------------------------------------------------------------ fitting
     def fit(self, source, target, *, source_groups=None, target_groups=None) -> TransportMap:
