@@ -650,12 +650,12 @@ class _MinimaxLoop:
             generator: torch.Generator) -> None:
         """Iterate, check finiteness, validate; stop on too many faults or an interrupt."""
         s = self.settings
-        if self.wants_compiled_step():
-            self.compile_step(source, target)
         bar = tqdm(range(s.n_iters), disable=not s.progress, desc="training transport map",
                    leave=False)
         iteration = 0
         try:
+            if self.wants_compiled_step():  # an interrupt while compiling keeps the start
+                self.compile_step(source, target)
             for iteration in bar:
                 self.step(iteration, source, target, generator)
                 done = iteration + 1
