@@ -54,11 +54,45 @@ def test_auto_compiles_only_long_schedules(data, monkeypatch, fresh_compile_stat
     _fit(data, torch_compile="auto")  # 10 iterations
     assert calls == []
     monkeypatch.setattr(minimax, "COMPILE_MIN_ITERS", 10)
-    _fit(data, torch_compile="auto")
+    compiled = _fit(data, torch_compile="auto")
     assert len(calls) == 2  # the inner and the outer loss
     calls.clear()
-    _fit(data, torch_compile=False)
+    eager = _fit(data, torch_compile=False)
     assert calls == []
+    # the trial pass of the compiled losses touches neither the weights nor the training draws
+    np.testing.assert_array_equal(compiled.history_["loss_f"], eager.history_["loss_f"])
+    np.testing.assert_array_equal(compiled.transport(data[0][:20]), eager.transport(data[0][:20]))
+
+
+def test_cycles_report_a_compiled_step(data, monkeypatch, fresh_compile_state):
+    from hycnn_sc.models import _estimator
+
+    monkeypatch.setattr(torch, "compile", lambda function, **options: function)
+    monkeypatch.setattr(minimax, "COMPILE_MIN_ITERS", 20)
+    monkeypatch.setattr(_estimator, "AUTO_FIRST_CYCLE", 10)
+    results = []
+    original = minimax.train_in_cycles
+
+    def record(*args, **kwargs):
+        results.append(original(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(_estimator, "train_in_cycles", record)
+    _fit(data, n_iters="auto")
+    assert results and results[0].compiled  # a cycle of 20 or more iterations ran compiled
+
+
+@pytest.mark.parametrize("error", [RuntimeError("Dynamo is not supported on Python 3.15+"),
+                                   AssertionError()])
+def test_compile_refused_at_once_falls_back(data, monkeypatch, fresh_compile_state, error):
+    def refuses(function, **options):
+        raise error
+
+    monkeypatch.setattr(torch, "compile", refuses)
+    with pytest.warns(RuntimeWarning, match=rf"torch.compile failed \({type(error).__name__}"):
+        TransportMap(**{**TINY, "residual": 1.0, "seed": 0, "torch_compile": True}).fit(*data)
+    with pytest.warns(RuntimeWarning, match="failed earlier in this process"):  # asked again
+        TransportMap(**{**TINY, "residual": 1.0, "seed": 0, "torch_compile": True}).fit(*data)
 
 
 def test_a_failing_compiler_falls_back_to_the_eager_step(data, monkeypatch, fresh_compile_state):
@@ -77,6 +111,16 @@ def test_a_failing_compiler_falls_back_to_the_eager_step(data, monkeypatch, fres
     monkeypatch.setattr(torch, "compile", lambda function, **o: second.append(1) or function)
     _fit(data, torch_compile=True)
     assert second == []
+
+
+def test_out_of_memory_while_compiling_is_not_remembered(data, monkeypatch, fresh_compile_state):
+    def out_of_memory(function, **options):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(torch, "compile", out_of_memory)
+    with pytest.warns(RuntimeWarning, match="OutOfMemoryError"):
+        TransportMap(**{**TINY, "residual": 1.0, "seed": 0, "torch_compile": True}).fit(*data)
+    assert minimax._compile_failure is None
 
 
 def test_compiled_step_trains_as_the_eager_one(data, fresh_compile_state):

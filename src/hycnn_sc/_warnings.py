@@ -10,7 +10,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _in_package(filename: str) -> bool:
-    return os.path.abspath(filename).startswith(_PACKAGE_DIR)
+    # pseudo-files (<string>, <doctest ...>, <frozen ...>) are never the package's
+    return not filename.startswith("<") and os.path.abspath(filename).startswith(_PACKAGE_DIR)
 
 
 def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
@@ -20,6 +21,13 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
     outermost ``hycnn_sc`` frame on the stack, so a call that passes through another
     library's frames (a decorator, a callback) and back into the package still points at the
     user, and a warning raised ten calls deep reads as raised by the user's call.
+
+    Parameters
+    ----------
+    message
+        The warning's text: what happened and what to do about it.
+    category
+        The warning class (``UserWarning``, ``RuntimeWarning``, ``FutureWarning``, ...).
 
     Examples
     --------

@@ -471,20 +471,29 @@ class _StepLosses:
         mapped = potential_gradient(self.g, target_batch).detach()
         return outer_objective(self.f, source_batch, mapped)
 
-    def compile(self, source_batch: torch.Tensor, target_batch: torch.Tensor) -> str | None:
-        """Compile both losses; a message when compiling failed (first failure only)."""
+    def compile(self, source_batch: torch.Tensor, target_batch: torch.Tensor,
+                requested: bool) -> str | None:
+        """Compile both losses; a message when compiling failed.
+
+        A failure of the compiler stack is remembered for the process (compiling is then not
+        tried again): the message comes once, and again only where compiling is
+        ``requested`` explicitly. An out-of-memory error is not remembered.
+        """
         global _compile_failure
         if _compile_failure is not None:
-            return None
-        inner = torch.compile(self._inner, dynamic=False)
-        outer = torch.compile(self._outer, dynamic=False)
+            return (f"torch.compile failed earlier in this process ({_compile_failure}); "
+                    "training eagerly.") if requested else None
         try:
+            inner = torch.compile(self._inner, dynamic=False)
+            outer = torch.compile(self._outer, dynamic=False)
             for loss, params in ((inner(target_batch), self.g.parameters()),
                                  (outer(source_batch, target_batch), self.f.parameters())):
                 torch.autograd.grad(loss.sum(), list(params), allow_unused=True)
         except Exception as error:  # any failure of the compiler stack: train eagerly
-            _compile_failure = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
-            return (f"torch.compile failed ({_compile_failure}); training continued without it "
+            reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+            if not isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+                _compile_failure = reason
+            return (f"torch.compile failed ({reason}); training continued without it "
                     "(torch_compile=False skips the attempt).")
         self.inner, self.outer, self.compiled = inner, outer, True
         return None
@@ -629,6 +638,7 @@ class _MinimaxLoop:
 
     # ------------------------------------------------------------------ the loop
     def wants_compiled_step(self) -> bool:
+        """Compile this schedule's step? (See ``MinimaxSettings.torch_compile``.)"""
         s = self.settings
         if s.n_iters == 0 or s.tau_schedule is not None or self.shared:
             return False
@@ -641,7 +651,8 @@ class _MinimaxLoop:
         s = self.settings
         trial = torch.Generator(device=source.values.device).manual_seed(0)
         message = self.step_losses.compile(source.sample(s.batch_size, trial),
-                                           target.sample(s.batch_size, trial))
+                                           target.sample(s.batch_size, trial),
+                                           requested=s.torch_compile is True)
         if message is not None:
             self.result.messages.append(message)
         self.result.compiled = self.step_losses.compiled
@@ -863,4 +874,5 @@ class _CycleBudget:
             interrupted=last.interrupted,
             nonfinite_recoveries=sum(c.nonfinite_recoveries for c in cycles),
             stopped_early=last.stopped_early, messages=[m for c in cycles for m in c.messages],
+            compiled=any(c.compiled for c in cycles),
         )

@@ -462,12 +462,12 @@ class GaussianTransportMap(BaseEstimator):
     def to_dict(self) -> dict[str, Any]:
         """Deprecated name of :meth:`get_state` (removed in the next release)."""
         warn_user("GaussianTransportMap.to_dict is deprecated; use get_state (same output).",
-                      FutureWarning)
+                  FutureWarning)
         return self.get_state()
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> Self:
         """Deprecated name of :meth:`from_state` (removed in the next release)."""
         warn_user("GaussianTransportMap.from_dict is deprecated; use from_state (same input).",
-                      FutureWarning)
+                  FutureWarning)
         return cls.from_state(state)

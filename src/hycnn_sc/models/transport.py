@@ -158,13 +158,16 @@ class TransportMap(MinimaxEstimator):
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     seed
         Seed of initialisation, batch sampling and validation split; CPU runs with the same
-        seed are bit-identical. ``None`` draws one and stores it in ``seed_``.
+        seed are bit-identical (a compiled step, see ``torch_compile``, rounds differently
+        from an eager one). ``None`` draws one and stores it in ``seed_``.
     progress
         Show progress bars.
     torch_compile
         Compile the training step with :func:`torch.compile`: ``"auto"`` (default) for
         schedules (or ``n_iters="auto"`` cycles) of at least 4,000 iterations, where the
-        compile time (15-45 s on a CPU, once per process and problem shape) is paid back;
+        compile time (15-45 s on a CPU, once per process and problem shape: dimension,
+        widths, number of stacked maps; from the ninth shape in one process torch runs the
+        step eagerly) is paid back;
         ``True`` always; ``False`` never. Measured on 2 CPU cores (HyCNN 48x4, batch 256): an
         iteration takes about two thirds of its eager time. Compiled arithmetic rounds
         differently, so a compiled fit is not bit-identical to an eager one with the same
@@ -313,6 +316,7 @@ class TransportMap(MinimaxEstimator):
                 "compile again); use torch_compile=False or 'auto' (which trains eagerly then).")
 
     def _compile_setting(self) -> bool | str:
+        """``MinimaxSettings.torch_compile``: the ``torch_compile`` argument."""
         return self.torch_compile
 
     # ------------------------------------------------------------------ fitting
