@@ -73,6 +73,10 @@ class TransportMap(MinimaxEstimator):
         ``"hycnn"`` (:class:`~hycnn_sc.models.HyCNN`) or ``"icnn"`` (:class:`~hycnn_sc.models.ICNN`).
     hidden
         Layer widths; ``None`` means ``(48,) * 4`` for HyCNN and ``(64,) * 4`` for ICNN.
+        Above ~50 input dimensions wider layers pay for their cost when the map is far
+        from linear: on the Wasserstein-2 benchmark at D = 64 (10,000 points a side,
+        ``n_iters="auto"``) ``(192, 192, 192)`` reached 8.3 % L2-UVP against 11.0 % for
+        the default, in about 1.5x the time per iteration.
     tau
         HyCNN gate temperature; ``None`` means ``0.3`` for HyCNN (a smooth potential gives
         a continuous map; inputs are standardised, so pre-activations have unit scale and
