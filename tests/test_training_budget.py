@@ -265,13 +265,15 @@ def _profiles(values, rng, scale, n_models=1):
 def test_a_falling_trend_is_not_converged_when_the_halfway_gain_is_noise(shared):
     """The halfway comparison alone calls the D = 16 run converged; its second-half trend does
     not. The jitter gives a paired standard error of about 0.0035, as the run's 1,000 held-out
-    points did (halfway gain 1.0 standard error, trend drop 1.7)."""
+    points did (halfway gain 1.0 standard error, trend drop 1.7); both at the fixed budget's
+    level."""
     checks = list(range(0, 1001, 50))
     # a shared network averages three conditions' (independent) noise: √3 more per condition
     scale = 0.005 * (np.sqrt(3) if shared else 1.0)
-    profiles = _profiles(W2_D16_CHECKS, np.random.default_rng(0), scale=scale, n_models=3)
-    assert not minimax.improved_beyond_noise(profiles[-1], profiles[10], shared).any()
-    assert minimax._falling_trend(checks[10:], profiles[10:], shared).all()
+    profiles = _profiles(W2_D16_CHECKS, np.random.default_rng(2), scale=scale, n_models=3)
+    level = minimax.CONVERGENCE_Z
+    assert not minimax.improved_beyond_noise(profiles[-1], profiles[10], shared, level).any()
+    assert minimax._falling_trend(checks[10:], profiles[10:], shared, level).all()
     assert not minimax._converged(checks, profiles, shared).any()
 
 
@@ -301,7 +303,8 @@ def test_a_flat_noisy_curve_is_converged():
     checks = list(range(0, 1001, 50))
     assert minimax._converged(checks, _profiles(values, rng, scale=0.005), False).all()
     # too few checks in the second half for a trend: only the halfway comparison counts
-    assert not minimax._falling_trend(checks[:4], _profiles(values[:4], rng, 0.005), False).any()
+    assert not minimax._falling_trend(checks[:4], _profiles(values[:4], rng, 0.005), False,
+                                      minimax.CONVERGENCE_Z).any()
 
 
 def test_a_smooth_drift_within_the_held_out_noise_is_converged():
@@ -310,7 +313,7 @@ def test_a_smooth_drift_within_the_held_out_noise_is_converged():
     checks = list(range(500, 1001, 50))
     values = np.linspace(0.0210, 0.0200, len(checks))  # a drop of 0.001, no scatter
     profiles = _profiles(values, np.random.default_rng(2), scale=0.005)
-    assert not minimax._falling_trend(checks, profiles, False).any()
+    assert not minimax._falling_trend(checks, profiles, False, minimax.CONVERGENCE_Z).any()
 
 
 def test_short_fixed_budget_on_a_moving_target_is_not_converged():

@@ -352,7 +352,7 @@ def _converged(checks: list[int], profiles: list[list[EnergyProfile]], shared: b
 
 
 def _falling_trend(checks: list[int], profiles: list[list[EnergyProfile]], shared: bool,
-                   z: float = CONVERGENCE_Z) -> np.ndarray:
+                   z: float) -> np.ndarray:
     """Per model: did the held-out energy fall along ``checks`` beyond its noise?
 
     The drop of the least-squares line from the first check to the last must exceed ``z``

@@ -196,12 +196,13 @@ class TransportMap(MinimaxEstimator):
         Iteration whose weights were kept.
     converged_ : bool
         False (with a warning) when the held-out criterion was still improving beyond its
-        noise (1.645 standard errors of the paired energy-distance difference) at the end, so
-        that more iterations would very likely still help: with ``n_iters="auto"`` when the
-        last cycle beat its start by that much; with a fixed budget when the final iterate beat
-        the iterate halfway through the schedule by that much, or the held-out energy of the
-        second half fell with a least-squares slope more than 1.645 of its standard errors
-        below zero.
+        noise at the end, so that more iterations would likely still help: with
+        ``n_iters="auto"`` when the last cycle beat its start by more than 1.645 standard
+        errors of the paired energy-distance difference (one-sided 5 %); with a fixed budget
+        when the final iterate beat the iterate halfway through the schedule by more than
+        1.2816 of them (one-sided 10 %: a false "converged" misleads more than a false
+        warning), or the held-out energy of the second half fell with a least-squares slope
+        more than 1.2816 of its standard errors below zero.
     w2_squared_ : float
         Semi-dual estimate of the squared 2-Wasserstein distance (original units), measured on
         the validation data (training data without validation).
