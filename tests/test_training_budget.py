@@ -183,6 +183,20 @@ def conditional_data():
     return [control] * 3, targets, list(shifts)
 
 
+def test_auto_budget_stopped_by_its_cap_while_progressing_is_not_converged(monkeypatch,
+                                                                          linear_data):
+    """The last (doubled) cycle alone gains less than the noise, but the last two together gain
+    beyond it, so the rule would train on: when the cap stops it, the map has not converged."""
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_MIN_ITERS", 100)
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_MAX_ITERS", 100)
+    _scripted_cycles(monkeypatch, (1.0, 0.5), (0.5, 0.4999))
+    with pytest.warns(RuntimeWarning, match=r"after 60 iterations.*cap of 100 iterations"):
+        tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
+    assert list(tmap.history_["cycle_start"]) == [0, 20]  # a third cycle (80) would pass 100
+    assert tmap.best_iteration_ == 60
+    assert not tmap.converged_
+
+
 def _only_first_cycle(patch):
     """Stop after the first cycle (the cap leaves no room for a second)."""
     for name in ("AUTO_MIN_ITERS", "AUTO_MAX_ITERS"):

@@ -774,8 +774,11 @@ def train_in_cycles(
     benchmark: 500 iterations rejected, 1,500 far better); requiring a gain beyond the noise
     keeps the warm start when the truth is linear.
 
-    A model has converged when its last cycle did not improve beyond the noise (and it was not
-    stopped by ``max_iters`` while exploring). Each cycle validates every
+    A model has converged when its last cycle did not improve beyond the noise and the rule
+    itself stopped it: one that ``max_iters`` stopped while the rule would have trained on
+    (progress over the last two cycles, or exploring) has not, even when its last, doubled
+    cycle alone gained less than the noise (D = 64 on the Wasserstein-2 benchmark: cycles
+    kept improving up to the cap, and twice the cap lowered L2-UVP from 11.0 % to 10.1 %). Each cycle validates every
     ``settings.selection_every`` iterations (``None``: 20 times per cycle).
 
     A shared (conditional) network is one model for this rule: its mean held-out energy over
@@ -795,7 +798,7 @@ def train_in_cycles(
         used += length
         go_on = budget.judge(result, used)
         if not go_on or used + 2 * length > max_iters:
-            budget.stop()
+            budget.stop(capped=go_on)
             break
         length *= 2
     return budget.result(cycles)
@@ -814,6 +817,8 @@ class _CycleBudget:
         self.ever_kept = np.zeros(n_models, dtype=bool)
         self.exploring = np.zeros(n_models, dtype=int)
         self.converged = np.ones(n_models, dtype=bool)
+        #: Per model: would the rule train another cycle (the last judged cycle made progress)?
+        self.progress = np.zeros(n_models, dtype=bool)
         self.final_profiles: list[EnergyProfile] | None = None
 
     def _lower(self, new: list[EnergyProfile], old: list[EnergyProfile]) -> np.ndarray:
@@ -848,14 +853,18 @@ class _CycleBudget:
         self.converged = ~improved_beyond_noise(current, kept, self.shared)
         # Go on while the last cycle found a better map and the last two did so beyond noise
         # (an exploration that just paid off counts as progress), or while exploring.
-        progress = keep & (explored | (improved_beyond_noise(current, self.kept[-3], self.shared)
-                                       if len(self.kept) > MIN_CYCLES else True))
+        self.progress = keep & (explored | (improved_beyond_noise(current, self.kept[-3], self.shared)
+                                            if len(self.kept) > MIN_CYCLES else True))
         self.ever_kept |= keep
         self.exploring = np.where(explore, self.exploring + 1, 0)
-        return bool((progress | explore).any())
+        return bool((self.progress | explore).any())
 
-    def stop(self) -> None:
-        """Models stopped while exploring go back to their kept (warm-start) weights."""
+    def stop(self, capped: bool = False) -> None:
+        """Models stopped while exploring go back to their kept (warm-start) weights; with
+        ``capped`` (the cap, not the rule, ended training) those still making progress have
+        not converged either."""
+        if capped:
+            self.converged &= ~self.progress
         exploring = self.exploring > 0
         if exploring.any():
             _restore(self.f, self.kept_f, exploring, self.shared)
