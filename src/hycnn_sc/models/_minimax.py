@@ -778,8 +778,9 @@ def train_in_cycles(
     itself stopped it: one that ``max_iters`` stopped while the rule would have trained on
     (progress over the last two cycles, or exploring) has not, even when its last, doubled
     cycle alone gained less than the noise (D = 64 on the Wasserstein-2 benchmark: cycles
-    kept improving up to the cap, and twice the cap lowered L2-UVP from 11.0 % to 10.1 %). Each cycle validates every
-    ``settings.selection_every`` iterations (``None``: 20 times per cycle).
+    kept improving up to the cap, and twice the cap lowered L2-UVP from 11.0 % to 10.1 %).
+    Each cycle validates every ``settings.selection_every`` iterations (``None``: 20 times
+    per cycle).
 
     A shared (conditional) network is one model for this rule: its mean held-out energy over
     conditions decides, and ``before_step`` is passed to every cycle (see

@@ -199,7 +199,8 @@ class TransportMap(MinimaxEstimator):
         False (with a warning) when the held-out criterion was still improving beyond its
         noise at the end, so that more iterations would likely still help: with
         ``n_iters="auto"`` when the last cycle beat its start by more than 1.645 standard
-        errors of the paired energy-distance difference (one-sided 5 %); with a fixed budget
+        errors of the paired energy-distance difference (one-sided 5 %), or the iteration cap
+        stopped cycles that the rule would have continued; with a fixed budget
         when the final iterate beat the iterate halfway through the schedule by more than
         1.2816 of them (one-sided 10 %: a false "converged" misleads more than a false
         warning), or the held-out energy of the second half fell with a least-squares slope
