@@ -53,28 +53,35 @@ def linear_data():
     return source, (1.5 * source + 1.0).astype(np.float32)
 
 
-def test_auto_budget_stops_when_a_cycle_does_not_help(linear_data):
-    """A linear truth: the warm start is already optimal. The first cycle is rejected, the
-    exploration that follows (1,000 iterations from its end) does not beat the warm start
-    beyond the noise, so the warm start is restored."""
-    tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
+def test_auto_budget_runs_whole_cycles_up_to_its_cap(linear_data):
+    """600 points a side: the cap is the floor of 1,500 iterations, a cycle of 500 and one of
+    1,000. Both lower the held-out semi-dual of the (gradient-matched, so not exact) warm start
+    beyond its noise, so the map keeps the second cycle's end and, stopped by the cap while
+    progressing, says it has not converged."""
+    with pytest.warns(RuntimeWarning, match="semi-dual objective was still improving.*cap of 1500"):
+        tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
     assert len(tmap.history_["loss_f"]) == 1500
-    assert tmap.converged_
     assert list(tmap.history_["cycle_start"]) == [0, 500]
-    assert tmap.best_iteration_ == 0  # the warm start was restored
+    assert tmap.best_iteration_ == 1500
+    assert not tmap.converged_
     assert tmap.history_["selection_iteration"][-1] == 1500
     assert tmap.get_params()["n_iters"] == "auto"
 
 
+def _dual(value: float, rng: np.random.Generator, scale: float = 1e-3) -> minimax.DualProfile:
+    """A held-out semi-dual profile of the given value (its jitter sets the paired SE)."""
+    return minimax.DualProfile(float(value), *torch.as_tensor(rng.normal(scale=scale, size=(2, 50))))
+
+
 def _falling_profiles(monkeypatch):
+    """Every measurement of the held-out semi-dual lower than the one before."""
     rng = np.random.default_rng(0)
     values = iter(1.0 / (1.0 + np.arange(10_000)))
 
-    def falling(f, padded, sizes, targets, within):  # one profile per model (condition)
-        jitter = torch.as_tensor(rng.normal(scale=1e-3, size=(3, 50)))
-        return [minimax.EnergyProfile(float(next(values)), *jitter)] * len(targets)
+    def falling(f, g, validation):  # one profile per model (condition)
+        return [_dual(next(values), rng)] * len(validation[1])
 
-    monkeypatch.setattr(minimax, "_validation_profiles", falling)
+    monkeypatch.setattr(minimax, "held_out_dual", falling)
 
 
 def test_auto_budget_doubles_while_it_improves(monkeypatch, linear_data):
@@ -93,16 +100,7 @@ def test_auto_budget_doubles_while_it_improves(monkeypatch, linear_data):
 
 def test_auto_budget_keeps_the_best_cycle(monkeypatch, linear_data):
     """A cycle that makes things worse is not kept: the map is the best iterate of all cycles."""
-    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_FIRST_CYCLE", 20)
-    rng = np.random.default_rng(0)
-    # first cycle (21 checks incl. its start) improves, the second (41 checks) only worsens
-    curve = iter(np.concatenate([np.linspace(1.0, 0.5, 21), 0.5 + np.linspace(0.0, 0.5, 41)]))
-
-    def profiles(*args):
-        jitter = torch.as_tensor(rng.normal(scale=1e-3, size=(3, 50)))
-        return [minimax.EnergyProfile(float(next(curve)), *jitter)]
-
-    monkeypatch.setattr(minimax, "_validation_profiles", profiles)
+    _scripted_cycles(monkeypatch, (1.0, 0.5), (0.5, 1.0))
     tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
     assert list(tmap.history_["cycle_start"]) == [0, 20]
     assert tmap.best_iteration_ == 20
@@ -110,17 +108,16 @@ def test_auto_budget_keeps_the_best_cycle(monkeypatch, linear_data):
 
 
 def _scripted_cycles(monkeypatch, *cycles):
-    """Held-out energies of successive cycles of 20, 40, 80, ... iterations (21 checks each:
-    the cycle's start, then every twentieth of it), with a small jitter for the paired SE."""
+    """Held-out semi-duals ``(start, end)`` of successive cycles of 20, 40, 80, ... iterations
+    (measured at each cycle's start and end), with a small jitter for the paired SE."""
     monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_FIRST_CYCLE", 20)
     rng = np.random.default_rng(0)
-    curve = iter(np.concatenate([np.linspace(a, b, 21) for a, b in cycles] + [np.full(400, 9.0)]))
+    curve = iter([value for cycle in cycles for value in cycle] + [9.0] * 400)
 
-    def profiles(f, padded, sizes, targets, within):  # one profile per model (condition)
-        jitter = torch.as_tensor(rng.normal(scale=1e-3, size=(3, 50)))
-        return [minimax.EnergyProfile(float(next(curve)), *jitter)] * len(targets)
+    def profiles(f, g, validation):  # one profile per model (condition)
+        return [_dual(next(curve), rng)] * len(validation[1])
 
-    monkeypatch.setattr(minimax, "_validation_profiles", profiles)
+    monkeypatch.setattr(minimax, "held_out_dual", profiles)
 
 
 def test_auto_budget_explores_past_a_first_cycle_that_got_worse(monkeypatch, linear_data):

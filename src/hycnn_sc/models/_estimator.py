@@ -146,8 +146,9 @@ class MinimaxEstimator(BaseEstimator):
         if train_network and use_validation and not result.converged.all():
             advice = (f"the cap of {cap} iterations stopped it; pass a larger integer n_iters"
                       if cap is not None else "use n_iters='auto' or a larger n_iters")
+            criterion = "semi-dual objective" if cap is not None else "energy distance"
             warn_user(
-                f"{subject(result)} had not converged: the held-out energy distance was still "
+                f"{subject(result)} had not converged: the held-out {criterion} was still "
                 f"improving beyond its noise after {result.iterations_run} iterations, so more "
                 f"training would likely still help; {advice}.",
                 RuntimeWarning,

@@ -143,9 +143,9 @@ class ConditionalTransportMap(MinimaxEstimator):
         Optimisation, as in :class:`~hycnn_sc.models.TransportMap` (but ``lr`` 1e-3: the
         condition network over-fits small conditions faster at 3e-3, and on a nonlinear truth
         1e-3 kept a trained network on both seeds measured, 3e-3 on one). ``n_iters="auto"``
-        trains in cosine cycles of doubling length (500, 1,000, ...) while they improve the
-        mean held-out energy distance over conditions beyond its noise (a cycle that does
-        not is undone), up to 500 epochs, one epoch being every condition's larger side
+        trains in cosine cycles of doubling length (500, 1,000, ...) while they lower the
+        mean held-out semi-dual over conditions beyond its noise (a cycle that does not is
+        undone), up to 500 epochs, one epoch being every condition's larger side
         drawn once (``conditions_per_step`` conditions per step); on small conditions it
         typically keeps the warm start after 1,500 iterations.
     batch_size
