@@ -350,6 +350,14 @@ def test_withheld_conditions_do_not_steer_training(monkeypatch, n_iters):
         return original(f, padded_source, sizes, targets, within_targets)
 
     monkeypatch.setattr(_minimax, "_validation_profiles", record)
+    judged = []  # the cycles' semi-dual (n_iters="auto" only)
+    original_dual = _minimax.held_out_dual
+
+    def record_dual(f, g, validation):
+        judged.append((f.active.tolist(), g.active.tolist(), len(validation[1])))
+        return original_dual(f, g, validation)
+
+    monkeypatch.setattr(_minimax, "held_out_dual", record_dual)
     sources, targets, perts, contexts = _four_lines_two_perturbations(np.random.default_rng(9))
     cmap = ConditionalTransportMap(**{**FAST, "n_iters": n_iters}).fit(
         sources, targets, perts, contexts=contexts)
@@ -357,6 +365,8 @@ def test_withheld_conditions_do_not_steer_training(monkeypatch, n_iters):
     withheld = cmap.conditions_.index(cmap.condition(pert, line))
     trained = [k for k in range(len(cmap.conditions_)) if k != withheld]
     assert checked and all(check == (trained, 7, 7) for check in checked)
+    assert all(check == (trained, trained, 7) for check in judged)
+    assert bool(judged) == (n_iters == "auto")
     assert np.isfinite(cmap.history_["selection_energy"]).all()
 
 

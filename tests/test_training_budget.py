@@ -68,6 +68,23 @@ def test_auto_budget_runs_whole_cycles_up_to_its_cap(linear_data):
     assert tmap.get_params()["n_iters"] == "auto"
 
 
+def test_auto_budget_on_a_linear_truth_keeps_the_linear_map():
+    """The cycles train the network (its held-out semi-dual improves on the gradient-matched
+    warm start), but the residual test on the held-out energy distance keeps the linear part:
+    the map is the closed-form Gaussian one."""
+    rng = np.random.default_rng(1)
+    source = rng.normal(size=(1200, 3)).astype(np.float32)
+    target = (source @ np.array([[1.5, 0.3, 0], [0, 0.8, 0], [0, 0, 1.2]]) + 1.0).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        tmap = TransportMap(hidden=(8,), seed=0, device="cpu").fit(source, target)
+    assert len(tmap.history_["loss_f"]) >= 1500
+    assert tmap.residual_weight_ == 0.0
+    standard = (source[:50] - tmap.center_) / tmap.scale_
+    linear = tmap.center_ + tmap.scale_ * tmap.linear_.transport(standard)
+    np.testing.assert_allclose(tmap.transport(source[:50]), linear, atol=1e-4)
+
+
 def _dual(value: float, rng: np.random.Generator, scale: float = 1e-3) -> minimax.DualProfile:
     """A held-out semi-dual profile of the given value (its jitter sets the paired SE)."""
     return minimax.DualProfile(float(value), *torch.as_tensor(rng.normal(scale=scale, size=(2, 50))))
@@ -108,11 +125,13 @@ def test_auto_budget_keeps_the_best_cycle(monkeypatch, linear_data):
 
 
 def _scripted_cycles(monkeypatch, *cycles):
-    """Held-out semi-duals ``(start, end)`` of successive cycles of 20, 40, 80, ... iterations
-    (measured at each cycle's start and end), with a small jitter for the paired SE."""
+    """Held-out semi-duals ``(start, end)`` of successive cycles of 20, 40, 80, ... iterations,
+    with a small jitter for the paired SE. The budget measures the warm start and then each
+    cycle's end (a cycle starts from the previous end, or from the kept weights when that
+    cycle was undone), so the scripts' later starts are implied."""
     monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_FIRST_CYCLE", 20)
     rng = np.random.default_rng(0)
-    curve = iter([value for cycle in cycles for value in cycle] + [9.0] * 400)
+    curve = iter([cycles[0][0]] + [end for _, end in cycles] + [9.0] * 400)
 
     def profiles(f, g, validation):  # one profile per model (condition)
         return [_dual(next(curve), rng)] * len(validation[1])
@@ -147,6 +166,33 @@ def test_auto_budget_restores_the_warm_start_after_exploring_in_vain(monkeypatch
     tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
     assert minimax.MAX_EXPLORATIONS == 3
     assert list(tmap.history_["cycle_start"]) == [0, 20, 60, 140]
+    assert tmap.best_iteration_ == 0
+    np.testing.assert_array_equal(tmap.transport(linear_data[0]),
+                                  reference.transport(linear_data[0]))
+
+
+def test_an_interrupt_while_exploring_restores_the_warm_start(monkeypatch, linear_data):
+    """Ctrl-C in the second cycle, which explores from a first cycle that got worse: the warm
+    start comes back (the rejected cycle's end is not kept), and the warning does not blame
+    the cap."""
+    reference = _warm_start_map(linear_data)
+    _scripted_cycles(monkeypatch, (1.0, 1.2), (1.2, 0.5))
+    original, calls = minimax.outer_objective, {"n": 0}
+
+    def interrupting(f, x, mapped):
+        calls["n"] += 1
+        if calls["n"] == 30:  # iteration 29: inside the second cycle (iterations 20-59)
+            raise KeyboardInterrupt
+        return original(f, x, mapped)
+
+    monkeypatch.setattr(minimax, "outer_objective", interrupting)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
+    messages = [str(w.message) for w in caught]
+    assert any("interrupted at iteration 9" in m for m in messages)  # 9 of the second cycle
+    assert not any("cap of" in m for m in messages)
+    assert tmap.interrupted_
     assert tmap.best_iteration_ == 0
     np.testing.assert_array_equal(tmap.transport(linear_data[0]),
                                   reference.transport(linear_data[0]))

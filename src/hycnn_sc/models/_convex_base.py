@@ -477,13 +477,33 @@ def potential_gradient(
     >>> potential_gradient(f, torch.zeros(5, 3)).shape
     torch.Size([5, 3])
     """
+    return _value_and_gradient(potential, x, create_graph=create_graph, autograd=autograd)[1]
+
+
+def potential_value_and_gradient(potential: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``f(x)`` and ``∇f(x)``, detached, in one pass where the potential has an explicit gradient.
+
+    Examples
+    --------
+    >>> from hycnn_sc.models import HyCNN
+    >>> f = HyCNN(3, hidden=(8, 8), tau=1.0)
+    >>> values, gradients = potential_value_and_gradient(f, torch.zeros(5, 3))
+    >>> values.shape, gradients.shape
+    (torch.Size([5]), torch.Size([5, 3]))
+    """
+    values, gradient = _value_and_gradient(potential, x)
+    return values.detach(), gradient
+
+
+def _value_and_gradient(potential: nn.Module, x: torch.Tensor, *, create_graph: bool = False,
+                        autograd: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     explicit = getattr(potential, "value_and_gradient", None)
     if explicit is not None and getattr(potential, "explicit_gradient", False) and not autograd:
         with torch.enable_grad() if create_graph else torch.no_grad():
-            return explicit(x)[1]
+            return explicit(x)
     with torch.enable_grad():
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)
         values = potential(x)
         (gradient,) = torch.autograd.grad(values.sum(), x, create_graph=create_graph)
-    return gradient
+    return values, gradient

@@ -144,11 +144,11 @@ class MinimaxEstimator(BaseEstimator):
         else:
             result = train_minimax(f, g, source, target, settings, generator, validation, before_step)
         if train_network and use_validation and not result.converged.all():
+            capped = cap is not None and not (result.interrupted or result.stopped_early)
             advice = (f"the cap of {cap} iterations stopped it; pass a larger integer n_iters"
-                      if cap is not None else "use n_iters='auto' or a larger n_iters")
-            criterion = "semi-dual objective" if cap is not None else "energy distance"
+                      if capped else "use n_iters='auto' or a larger n_iters")
             warn_user(
-                f"{subject(result)} had not converged: the held-out {criterion} was still "
+                f"{subject(result)} had not converged: the held-out {result.criterion} was still "
                 f"improving beyond its noise after {result.iterations_run} iterations, so more "
                 f"training would likely still help; {advice}.",
                 RuntimeWarning,

@@ -23,8 +23,8 @@ from ._utils import make_adam
 from .objectives import conjugate_values, inner_objective, outer_objective
 from .schedules import cosine_factor, tau_at
 
-#: An improvement of the held-out energy distance counts when it exceeds this many standard
-#: errors of the paired difference (one-sided 5 %, the selection rule's level).
+#: An improvement of a held-out criterion (energy distance, semi-dual) counts when it exceeds
+#: this many standard errors of the paired difference (one-sided 5 %, the selection rule's level).
 IMPROVEMENT_Z = SELECTION_Z
 #: A fixed budget has not converged when its held-out criterion still fell by more than this many
 #: standard errors (one-sided 10 %): a looser bar than ``IMPROVEMENT_Z``, because a false
@@ -176,8 +176,7 @@ def held_out_dual(f: nn.Module, g: nn.Module,
     poorly trained ``g`` does not make ``J`` look lower than it is.
     """
     sources, targets = validation
-    longest = max(len(t) for t in targets)
-    padded = torch.stack([t[torch.arange(longest, device=t.device) % len(t)] for t in targets])
+    padded = StackedSamples(targets, sources.values.device).padded()
     with torch.no_grad():
         source_values = f(sources.padded())
     conjugates = conjugate_values(f, padded, potential_gradient(g, padded))
@@ -280,6 +279,9 @@ class MinimaxResult:
     nonfinite_recoveries: int = 0
     stopped_early: bool = False
     messages: list[str] = field(default_factory=list)
+    #: The held-out criterion behind ``converged`` (a completed :func:`train_in_cycles`
+    #: budget: the semi-dual; a schedule, or a cycle cut short: the energy distance).
+    criterion: str = "energy distance"
 
 
 def set_gradients(loss: torch.Tensor, params: list[torch.Tensor]) -> None:
@@ -826,26 +828,33 @@ def train_in_cycles(
     rejected cycle is not undone, and up to ``MAX_EXPLORATIONS`` doubled cycles continue from
     its end while each ends below its own start; the first whose final iterate beats the warm
     start beyond the noise is kept, otherwise the warm start is restored. Training a network
-    away from a linear warm start can first make it worse (D = 64 on the Wasserstein-2
-    benchmark: 500 iterations rejected, 1,500 far better); requiring a gain beyond the noise
-    keeps the warm start when the truth is linear.
+    away from a linear warm start can first make it worse (judged by the energy distance,
+    D = 64 on the Wasserstein-2 benchmark rejected its first 500 iterations although 1,500
+    were far better; the semi-dual keeps them); requiring a gain beyond the noise keeps the
+    warm start when the truth is linear.
 
     A model has converged when its last cycle did not improve beyond the noise and the rule
     itself stopped it: one that ``max_iters`` stopped while the rule would have trained on
     (progress over the last two cycles, or exploring) has not, even when its last, doubled
     cycle alone gained less than the noise (D = 64 on the Wasserstein-2 benchmark: cycles
     kept improving up to the cap, and twice the cap lowered L2-UVP from 11.0 % to 10.1 %).
-    Each cycle validates every ``settings.selection_every`` iterations (``None``: 20 times
-    per cycle).
+    Within each cycle the held-out energy distance is still measured every
+    ``settings.selection_every`` iterations (``None``: 20 times per cycle) for the history and
+    for a cycle cut short (interrupted, or non-finite losses), which keeps its best checked
+    iterate and is judged as a fixed schedule.
 
-    A shared (conditional) network is one model for this rule: its mean held-out energy over
-    conditions decides, and ``before_step`` is passed to every cycle (see
+    The semi-dual is only a lower bound where the conjugate's ascent has not converged (50
+    safeguarded steps: exact to float precision on smooth, strongly convex potentials such as
+    the default HyCNN with its quadratic term; slower at the kinks of a ReLU ICNN).
+
+    A shared (conditional) network is one model for this rule: its mean held-out semi-dual
+    over conditions decides, and ``before_step`` is passed to every cycle (see
     :func:`train_minimax`).
     """
     budget = _CycleBudget(f, g, _judged_models(f, source, validation), validation, before_step)
     length, used, cycles = first_cycle, 0, []
+    start = budget.measure()
     while True:
-        start = budget.measure()
         result = train_minimax(
             f, g, source, target, replace(settings, n_iters=length, keep_last=True),
             generator, validation, before_step)
@@ -854,7 +863,7 @@ def train_in_cycles(
             budget.interrupted(result, used)
             break
         used += length
-        go_on = budget.judge(start, used)
+        go_on, start = budget.judge(start, used)
         if not go_on or used + 2 * length > max_iters:
             budget.stop(capped=go_on)
             break
@@ -894,9 +903,10 @@ class _CycleBudget:
             return np.full(len(new), np.mean([p.value for p in new]) < np.mean([q.value for q in old]))
         return np.array([p.value < q.value for p, q in zip(new, old, strict=True)])
 
-    def judge(self, start: list[DualProfile], used: int) -> bool:
+    def judge(self, start: list[DualProfile], used: int) -> tuple[bool, list[DualProfile]]:
         """Keep, explore from or undo the cycle just run (``start``: its starting weights'
-        profiles), per model; True: train another cycle."""
+        profiles), per model: whether to train another cycle, and the profiles of the weights
+        it would start from."""
         final = self.measure()
         if not self.kept:
             self.kept.append(start)
@@ -926,7 +936,8 @@ class _CycleBudget:
                                             if len(self.kept) > MIN_CYCLES else True))
         self.ever_kept |= keep
         self.exploring = np.where(explore, self.exploring + 1, 0)
-        return bool((self.progress | explore).any())
+        next_start = [q if u else p for p, q, u in zip(final, kept, undo, strict=True)]
+        return bool((self.progress | explore).any()), next_start
 
     def stop(self, capped: bool = False) -> None:
         """Models stopped while exploring go back to their kept (warm-start) weights; with
@@ -969,4 +980,6 @@ class _CycleBudget:
             nonfinite_recoveries=sum(c.nonfinite_recoveries for c in cycles),
             stopped_early=last.stopped_early, messages=[m for c in cycles for m in c.messages],
             compiled=any(c.compiled for c in cycles),
+            criterion=("energy distance" if last.interrupted or last.stopped_early
+                       else "semi-dual objective"),
         )

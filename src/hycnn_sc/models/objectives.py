@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._convex_base import potential_gradient
+from ._convex_base import potential_gradient, potential_value_and_gradient
 
 #: Gradient-ascent steps of :func:`conjugate_values` (held-out checks only, not training steps).
 CONJUGATE_STEPS = 50
@@ -72,18 +72,6 @@ def dual_w2_squared(
         )
 
 
-def _value_and_gradient(f: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``f(x)`` and ``∇f(x)``, detached (the explicit chain rule where the potential has one)."""
-    if getattr(f, "explicit_gradient", False):
-        with torch.no_grad():
-            return f.value_and_gradient(x)
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        values = f(x)
-        (gradient,) = torch.autograd.grad(values.sum(), x)
-    return values.detach(), gradient
-
-
 def conjugate_values(
     f: nn.Module, target: torch.Tensor, start: torch.Tensor, steps: int = CONJUGATE_STEPS
 ) -> torch.Tensor:
@@ -106,12 +94,12 @@ def conjugate_values(
     True
     """
     x = start.detach()
-    values, gradient = _value_and_gradient(f, x)
+    values, gradient = potential_value_and_gradient(f, x)
     best = (x * target).sum(-1) - values
     step = torch.ones_like(best)
     for _ in range(steps):
         candidate = x - step.unsqueeze(-1) * (gradient - target)
-        values, candidate_gradient = _value_and_gradient(f, candidate)
+        values, candidate_gradient = potential_value_and_gradient(f, candidate)
         new = (candidate * target).sum(-1) - values
         better = new > best
         x = torch.where(better.unsqueeze(-1), candidate, x)
