@@ -169,7 +169,8 @@ class ConditionalTransportMap(MinimaxEstimator):
     combination_sep
         Separator of singles in a combination label.
     selection_fraction
-        Share of every condition's cells held out to pick the best iterate and ``λ``.
+        Share of every condition's cells held out to judge the cycles of ``n_iters="auto"``
+        (mean held-out semi-dual), pick the best iterate of a fixed budget, and ``λ``.
     selection_every
         Iterations between held-out checks (``None``: 20 per schedule; with
         ``n_iters="auto"``, 20 per cycle).

@@ -144,8 +144,10 @@ class TransportMap(MinimaxEstimator):
         each group), or ``"auto"`` (default): chosen by leave-one-group-out when group labels
         are passed to :meth:`fit`, else ``"global"``.
     selection_fraction
-        Share of each side held out to pick the best iterate, the linear part and the
-        residual weight (by the energy distance between mapped and held-out target points);
+        Share of each side held out to judge the training cycles of ``n_iters="auto"`` (by
+        the held-out semi-dual) and to pick the best iterate of a fixed budget, the linear
+        part and the residual weight (by the energy distance between mapped and held-out
+        target points);
         with at least two groups, whole groups are held out instead. A side with too few
         points to hold out 8 is scored on its training points. ``0`` trains without
         selection: the last iterate, and ``residual="auto"`` then means the network alone.
