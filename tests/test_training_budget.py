@@ -147,6 +147,8 @@ def test_auto_budget_explores_past_a_first_cycle_that_got_worse(monkeypatch, lin
     assert list(tmap.history_["cycle_start"]) == [0, 20, 60]
     assert tmap.best_iteration_ == 60  # the end of the exploration; the flat third cycle undone
     assert tmap.converged_
+    # the semi-dual that judged: the warm start, then every cycle's end (kept or not)
+    np.testing.assert_allclose(tmap.history_["cycle_semi_dual"], [1.0, 1.2, 0.5, 0.5])
 
 
 def _warm_start_map(linear_data):
@@ -274,6 +276,8 @@ def test_conditional_auto_budget_keeps_or_restores_whole_weights(monkeypatch, co
     assert list(cmap.history_["cycle_start"]) == [0, 20]
     assert cmap.best_iteration_ == best
     assert cmap.converged_
+    np.testing.assert_allclose(cmap.history_["cycle_semi_dual"],
+                               [cycles[0][0], cycles[0][1], cycles[1][1]])
     for label in labels:
         np.testing.assert_array_equal(cmap.transport(sources[0], label),
                                       reference.transport(sources[0], label))

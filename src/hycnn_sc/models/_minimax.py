@@ -890,6 +890,9 @@ class _CycleBudget:
         #: Per model: would the rule train another cycle (the last judged cycle made progress)?
         self.progress = np.zeros(n_models, dtype=bool)
         self.final_profiles: list[DualProfile] | None = None
+        #: Held-out semi-dual of the start, then of each completed cycle's end before it was
+        #: kept or undone (``history["cycle_semi_dual"]``).
+        self.judged: list[np.ndarray] = []
 
     def measure(self) -> list[DualProfile]:
         """Held-out semi-dual of the current weights, per model (every validated condition
@@ -910,6 +913,8 @@ class _CycleBudget:
         final = self.measure()
         if not self.kept:
             self.kept.append(start)
+            self.judged.append(np.array([p.value for p in start]))
+        self.judged.append(np.array([p.value for p in final]))
         explored = self.exploring > 0
         # an exploring model is judged against its kept (warm-start) weights, others against
         # the start of the cycle (the same weights, measured again)
@@ -969,6 +974,8 @@ class _CycleBudget:
             [c.history["selection_iteration"] + offset
              for c, offset in zip(cycles, offsets, strict=True)])
         history["cycle_start"] = offsets.astype(int)
+        history["cycle_semi_dual"] = (np.stack(self.judged) if self.judged
+                                      else np.empty((0, len(self.best_iteration))))
         last = cycles[-1]
         profiles = self.final_profiles if self.final_profiles is not None else self.kept[-1]
         return MinimaxResult(

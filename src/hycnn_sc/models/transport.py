@@ -196,7 +196,10 @@ class TransportMap(MinimaxEstimator):
         Common scale used for standardisation.
     history_ : dict of ndarray
         ``loss_f``, ``loss_g`` (per iteration), ``tau``, ``selection_iteration`` and
-        ``selection_energy`` (standardised units).
+        ``selection_energy`` (standardised units); with ``n_iters="auto"`` also
+        ``cycle_start`` (the first iteration of each cycle) and ``cycle_semi_dual`` (the
+        held-out semi-dual that judged the cycles: at the start, then at the end of each
+        completed cycle, before it was kept or undone).
     best_iteration_ : int
         Iteration whose weights were kept.
     converged_ : bool

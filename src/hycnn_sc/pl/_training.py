@@ -16,7 +16,7 @@ from .._docs import EXAMPLE_FITTED, doc_params, plot_arguments
 from ..tl._schema import stored_history
 from . import _utils as utils
 
-_F_COLOR, _G_COLOR = "tab:blue", "tab:orange"
+_F_COLOR, _G_COLOR, _DUAL_COLOR = "tab:blue", "tab:orange", "tab:purple"
 #: The shared plot arguments less ``ax``, which here may also be two Axes.
 _PLOT_ARGUMENTS = plot_arguments("hycnn_training").split("\n", 2)[2]
 
@@ -73,7 +73,8 @@ def training(
     and legend entry, up to ``max_maps``; beyond that every map is drawn as a thin line and the
     median over maps in bold, so that e.g. 33 maps stay readable. A single map trained with
     ``n_iters="auto"`` shows a dashed grey line where each cosine cycle began (the learning
-    rate restarts there, so the losses jump).
+    rate restarts there, so the losses jump) and, on the right panel's right axis, the
+    held-out semi-dual that decided whether each cycle was kept and whether to go on.
 
     Parameters
     ----------
@@ -173,6 +174,7 @@ def _label_single(axes: tuple[Axes, Axes, Axes], mid: str, history: dict[str, np
     for start in history.get("cycle_start", np.empty(0))[1:]:
         for axis in (loss_ax, val_ax):  # n_iters="auto": where each cosine cycle began
             axis.axvline(start, color="#999999", ls="--", lw=0.6)
+    _draw_semi_dual(val_ax, history)
     loss_ax.set_ylabel("loss f (outer)", color=_F_COLOR)
     g_ax.set_ylabel("loss g (inner)", color=_G_COLOR)
     loss_ax.tick_params(axis="y", colors=_F_COLOR)
@@ -184,6 +186,20 @@ def _label_single(axes: tuple[Axes, Axes, Axes], mid: str, history: dict[str, np
                         textcoords="offset points", ha="left", va="top", fontsize="small")
     val_ax.set_title("selection energy", fontsize="medium")
     loss_ax.set_title(f"minimax losses: {mid}", fontsize="medium")
+
+
+def _draw_semi_dual(val_ax: Axes, history: dict[str, np.ndarray]) -> None:
+    """``n_iters="auto"``: the held-out semi-dual that judged the cycles, on a right axis, at
+    the start and at the end of every completed cycle."""
+    values = history.get("cycle_semi_dual", np.empty(0))
+    starts = history.get("cycle_start", np.empty(0))
+    if len(values) < 2 or not len(starts):
+        return
+    ends = [*starts[1:], len(history["loss_f"])][: len(values) - 1]
+    dual_ax = val_ax.twinx()
+    dual_ax.plot([0, *ends], values, color=_DUAL_COLOR, ls=":", marker="D", ms=4, lw=1.0)
+    dual_ax.set_ylabel("held-out semi-dual\n(judges the cycles)", color=_DUAL_COLOR)
+    dual_ax.tick_params(axis="y", colors=_DUAL_COLOR)
 
 
 def _label_several(axes: tuple[Axes, Axes, Axes]) -> None:
