@@ -73,6 +73,17 @@ def test_conjugate_rises_with_the_steps_on_a_hycnn(seed, width, depth, tau):
         assert (more >= fewer).all()
 
 
+def test_conjugate_of_a_hycnn_has_converged_after_the_default_steps():
+    """With a quadratic term (as the estimators add) the HyCNN is strongly convex and smooth:
+    the default 50 steps agree with 2,000 to float64 precision, from a poor start."""
+    torch.manual_seed(11)
+    f = HyCNN(3, (16, 16), tau=0.3, isotropic_quadratic=0.5).double()
+    y = 2.0 * torch.randn(60, 3, dtype=torch.float64)
+    start = torch.zeros_like(y)
+    np.testing.assert_allclose(conjugate_values(f, y, start).numpy(),
+                               conjugate_values(f, y, start, steps=2000).numpy(), atol=1e-8)
+
+
 def _validation(sizes=(120, 80), dim=4, seed=5):
     rng = np.random.default_rng(seed)
     sources = [rng.normal(size=(n, dim)) for n in sizes]

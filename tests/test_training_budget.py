@@ -200,6 +200,53 @@ def test_an_interrupt_while_exploring_restores_the_warm_start(monkeypatch, linea
                                   reference.transport(linear_data[0]))
 
 
+def test_stacked_maps_are_kept_explored_and_undone_each_on_its_own(monkeypatch, linear_data):
+    """Two maps fitted together, judged apart: the first keeps two cycles and undoes the next
+    two; the second explores past a worse first cycle, climbs and is put back to its warm
+    start, explores again from it and is put back again. Each map's history holds its own
+    semi-duals."""
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_FIRST_CYCLE", 20)
+    rng = np.random.default_rng(0)
+    scripts = [iter([1.0, 0.5, 0.3, 0.3, 0.3]), iter([1.0, 1.2, 1.3, 1.1, 1.15])]
+
+    def profiles(f, g, validation):
+        return [_dual(next(script), rng) for script in scripts]
+
+    monkeypatch.setattr(minimax, "held_out_dual", profiles)
+    source, target = linear_data
+    first, second = TransportMap.fit_many([source, source], [target, target], hidden=(8,),
+                                          residual=1.0, seed=0, device="cpu")
+    for tmap in (first, second):
+        assert list(tmap.history_["cycle_start"]) == [0, 20, 60, 140]
+        assert tmap.converged_
+    assert first.best_iteration_ == 60 and second.best_iteration_ == 0
+    np.testing.assert_allclose(first.history_["cycle_semi_dual"], [1.0, 0.5, 0.3, 0.3, 0.3])
+    np.testing.assert_allclose(second.history_["cycle_semi_dual"], [1.0, 1.2, 1.3, 1.1, 1.15])
+
+
+def test_an_interrupt_while_judging_keeps_the_weights_before_the_cycle(monkeypatch,
+                                                                         linear_data):
+    """Ctrl-C while the first cycle's end is being measured: the warm start is kept, the fit
+    is marked interrupted, and the not-converged warning says training was cut short."""
+    reference = _warm_start_map(linear_data)
+    calls = {"n": 0}
+    original = minimax.held_out_dual
+
+    def interrupting(f, g, validation):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first call measures the warm start
+            raise KeyboardInterrupt
+        return original(f, g, validation)
+
+    monkeypatch.setattr(minimax, "held_out_dual", interrupting)
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_FIRST_CYCLE", 20)
+    with pytest.warns(RuntimeWarning, match="cut short after 20 iterations"):
+        tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
+    assert tmap.interrupted_ and not tmap.converged_
+    np.testing.assert_array_equal(tmap.transport(linear_data[0]),
+                                  reference.transport(linear_data[0]))
+
+
 def test_auto_budget_stops_exploring_when_a_cycle_climbs(monkeypatch, linear_data):
     _scripted_cycles(monkeypatch, (1.0, 1.2), (1.2, 1.3))
     tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)

@@ -144,13 +144,17 @@ class MinimaxEstimator(BaseEstimator):
         else:
             result = train_minimax(f, g, source, target, settings, generator, validation, before_step)
         if train_network and use_validation and not result.converged.all():
-            capped = cap is not None and not (result.interrupted or result.stopped_early)
-            advice = (f"the cap of {cap} iterations stopped it; pass a larger integer n_iters"
-                      if capped else "use n_iters='auto' or a larger n_iters")
+            if result.interrupted or result.stopped_early:
+                reason = (f"training was cut short after {result.iterations_run} iterations "
+                          "(see the warning above); fit again to train it fully")
+            else:
+                advice = (f"the cap of {cap} iterations stopped it; pass a larger integer n_iters"
+                          if result.capped else "use n_iters='auto' or a larger n_iters")
+                reason = (f"the held-out {result.criterion} was still improving beyond its "
+                          f"noise after {result.iterations_run} iterations, so more training "
+                          f"would likely still help; {advice}")
             warn_user(
-                f"{subject(result)} had not converged: the held-out {result.criterion} was still "
-                f"improving beyond its noise after {result.iterations_run} iterations, so more "
-                f"training would likely still help; {advice}.",
+                f"{subject(result)} had not converged: {reason}.",
                 RuntimeWarning,
             )
         return result

@@ -266,22 +266,21 @@ class MinimaxResult:
 
     history: dict[str, np.ndarray]
     best_iteration: np.ndarray
+    #: Held-out criterion of each model's kept weights (the energy distance of the best check
+    #: of one schedule; for :func:`train_in_cycles`, the semi-dual the last judged cycle kept).
     best_validation: np.ndarray
     converged: np.ndarray
     iterations_run: int = 0
-    #: Held-out profiles of the starting weights and of each model's kept (best) iterate
-    #: (energy distance for one schedule, semi-dual for :func:`train_in_cycles`).
-    start_profiles: list[Profile] | None = None
-    best_profiles: list[Profile] | None = None
     interrupted: bool = False
     #: Whether the step's losses ran compiled (see ``MinimaxSettings.torch_compile``).
     compiled: bool = False
     nonfinite_recoveries: int = 0
     stopped_early: bool = False
     messages: list[str] = field(default_factory=list)
-    #: The held-out criterion behind ``converged`` (a completed :func:`train_in_cycles`
-    #: budget: the semi-dual; a schedule, or a cycle cut short: the energy distance).
+    #: The held-out criterion behind ``converged`` (:func:`train_in_cycles`: the semi-dual).
     criterion: str = "energy distance"
+    #: Whether the iteration cap of :func:`train_in_cycles`, not its rule, ended training.
+    capped: bool = False
 
 
 def set_gradients(loss: torch.Tensor, params: list[torch.Tensor]) -> None:
@@ -774,9 +773,6 @@ class _MinimaxLoop:
                 self.f.load_state_dict(self.best_f)
                 self.g.load_state_dict(self.best_g)
             result.converged = _converged(checks, self.check_profiles, self.shared)
-            result.start_profiles = self.check_profiles[0]
-            result.best_profiles = [self.check_profiles[checks.index(int(it))][k]
-                                    for k, it in enumerate(self.best_iteration)]
         if self.before_step is not None:
             self.before_step(None)
         losses = self.losses.cpu().numpy().astype(np.float64)
@@ -853,7 +849,6 @@ def train_in_cycles(
     """
     budget = _CycleBudget(f, g, _judged_models(f, source, validation), validation, before_step)
     length, used, cycles = first_cycle, 0, []
-    start = budget.measure()
     while True:
         result = train_minimax(
             f, g, source, target, replace(settings, n_iters=length, keep_last=True),
@@ -863,7 +858,11 @@ def train_in_cycles(
             budget.interrupted(result, used)
             break
         used += length
-        go_on, start = budget.judge(start, used)
+        try:
+            go_on = budget.judge(used)
+        except KeyboardInterrupt:
+            budget.interrupted_while_judging(result)
+            break
         if not go_on or used + 2 * length > max_iters:
             budget.stop(capped=go_on)
             break
@@ -881,18 +880,22 @@ class _CycleBudget:
         self.validation, self.before_step = validation, before_step
         self.shared = bool(getattr(f, "shares_parameters", False))
         self.kept_f, self.kept_g = _snapshot(f), _snapshot(g)
+        start = self.measure()
         #: Held-out semi-dual of the kept weights, after each judged cycle (first: the start).
-        self.kept: list[list[DualProfile]] = []
+        self.kept: list[list[DualProfile]] = [start]
+        #: Held-out semi-dual of the weights the next cycle starts from.
+        self.current = start
+        #: Held-out semi-dual of the start, then of each completed cycle's end before it was
+        #: kept or undone (``history["cycle_semi_dual"]``).
+        self.judged = [np.array([p.value for p in start])]
+        #: Whether the cap (not the rule) ended training.
+        self.capped = False
         self.best_iteration = np.zeros(n_models, dtype=int)
         self.ever_kept = np.zeros(n_models, dtype=bool)
         self.exploring = np.zeros(n_models, dtype=int)
         self.converged = np.ones(n_models, dtype=bool)
         #: Per model: would the rule train another cycle (the last judged cycle made progress)?
         self.progress = np.zeros(n_models, dtype=bool)
-        self.final_profiles: list[DualProfile] | None = None
-        #: Held-out semi-dual of the start, then of each completed cycle's end before it was
-        #: kept or undone (``history["cycle_semi_dual"]``).
-        self.judged: list[np.ndarray] = []
 
     def measure(self) -> list[DualProfile]:
         """Held-out semi-dual of the current weights, per model (every validated condition
@@ -906,23 +909,18 @@ class _CycleBudget:
             return np.full(len(new), np.mean([p.value for p in new]) < np.mean([q.value for q in old]))
         return np.array([p.value < q.value for p, q in zip(new, old, strict=True)])
 
-    def judge(self, start: list[DualProfile], used: int) -> tuple[bool, list[DualProfile]]:
-        """Keep, explore from or undo the cycle just run (``start``: its starting weights'
-        profiles), per model: whether to train another cycle, and the profiles of the weights
-        it would start from."""
+    def judge(self, used: int) -> bool:
+        """Keep, explore from or undo the cycle just run, per model; True: train another cycle."""
         final = self.measure()
-        if not self.kept:
-            self.kept.append(start)
-            self.judged.append(np.array([p.value for p in start]))
         self.judged.append(np.array([p.value for p in final]))
         explored = self.exploring > 0
-        # an exploring model is judged against its kept (warm-start) weights, others against
-        # the start of the cycle (the same weights, measured again)
-        kept = [k if e else s for s, k, e in zip(start, self.kept[-1], explored, strict=True)]
+        # Every model is judged against its kept weights: the cycle's start, or for an
+        # exploring model its warm start (the cycle started from the previous cycle's end).
+        kept = self.kept[-1]
         keep = np.where(explored, improved_beyond_noise(final, kept, self.shared),
                         self._lower(final, kept))
         explore = (~keep & ~self.ever_kept & (self.exploring < MAX_EXPLORATIONS)
-                   & (~explored | self._lower(final, start)))
+                   & (~explored | self._lower(final, self.current)))
         undo = ~keep & ~explore
         if keep.any():
             rows = torch.as_tensor(keep)
@@ -941,13 +939,14 @@ class _CycleBudget:
                                             if len(self.kept) > MIN_CYCLES else True))
         self.ever_kept |= keep
         self.exploring = np.where(explore, self.exploring + 1, 0)
-        next_start = [q if u else p for p, q, u in zip(final, kept, undo, strict=True)]
-        return bool((self.progress | explore).any()), next_start
+        self.current = [q if u else p for p, q, u in zip(final, kept, undo, strict=True)]
+        return bool((self.progress | explore).any())
 
     def stop(self, capped: bool = False) -> None:
         """Models stopped while exploring go back to their kept (warm-start) weights; with
         ``capped`` (the cap, not the rule, ended training) those still making progress have
         not converged either."""
+        self.capped = capped
         if capped:
             self.converged &= ~self.progress
         exploring = self.exploring > 0
@@ -964,7 +963,17 @@ class _CycleBudget:
         self.converged = np.array(result.converged, dtype=bool)
         if exploring.any():
             self.stop()
-        self.final_profiles = self.measure()
+
+    def interrupted_while_judging(self, result: MinimaxResult) -> None:
+        """Ctrl-C while the cycle just run was being judged: back to the kept weights."""
+        every = np.ones(len(self.best_iteration), dtype=bool)
+        _restore(self.f, self.kept_f, every, self.shared)
+        _restore(self.g, self.kept_g, every, self.shared)
+        self.converged[:] = False
+        result.interrupted = True
+        result.messages.append(
+            "Training interrupted while a finished cycle was being judged: kept the weights "
+            "kept before that cycle (the map is usable but may be under-trained).")
 
     def result(self, cycles: list[MinimaxResult]) -> MinimaxResult:
         offsets = np.cumsum([0] + [len(c.history["loss_f"]) for c in cycles[:-1]])
@@ -977,16 +986,13 @@ class _CycleBudget:
         history["cycle_semi_dual"] = (np.stack(self.judged) if self.judged
                                       else np.empty((0, len(self.best_iteration))))
         last = cycles[-1]
-        profiles = self.final_profiles if self.final_profiles is not None else self.kept[-1]
         return MinimaxResult(
             history=history, best_iteration=self.best_iteration,
-            best_validation=np.array([p.value for p in profiles]),
+            best_validation=np.array([p.value for p in self.kept[-1]]),
             converged=self.converged, iterations_run=int(offsets[-1]) + last.iterations_run,
-            start_profiles=self.kept[0] if self.kept else None, best_profiles=profiles,
             interrupted=last.interrupted,
             nonfinite_recoveries=sum(c.nonfinite_recoveries for c in cycles),
             stopped_early=last.stopped_early, messages=[m for c in cycles for m in c.messages],
             compiled=any(c.compiled for c in cycles),
-            criterion=("energy distance" if last.interrupted or last.stopped_early
-                       else "semi-dual objective"),
+            criterion="semi-dual objective", capped=self.capped,
         )
