@@ -350,14 +350,14 @@ def test_withheld_conditions_do_not_steer_training(monkeypatch, n_iters):
         return original(f, padded_source, sizes, targets, within_targets)
 
     monkeypatch.setattr(_minimax, "_validation_profiles", record)
-    judged = []  # the cycles' semi-dual (n_iters="auto" only)
-    original_dual = _minimax.held_out_dual
+    judged = []  # the cycles' criterion (n_iters="auto" only)
+    original_judge = _minimax.held_out_energy
 
-    def record_dual(f, g, validation):
+    def record_judge(f, g, validation):
         judged.append((f.active.tolist(), g.active.tolist(), len(validation[1])))
-        return original_dual(f, g, validation)
+        return original_judge(f, g, validation)
 
-    monkeypatch.setattr(_minimax, "held_out_dual", record_dual)
+    monkeypatch.setattr(_minimax, "held_out_energy", record_judge)
     sources, targets, perts, contexts = _four_lines_two_perturbations(np.random.default_rng(9))
     cmap = ConditionalTransportMap(**{**FAST, "n_iters": n_iters}).fit(
         sources, targets, perts, contexts=contexts)

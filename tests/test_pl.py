@@ -321,25 +321,25 @@ def test_training_marks_cycles_of_the_auto_budget(fitted):
     assert starts == [5.0, 15.0]
 
 
-def test_training_shows_the_semi_dual_that_judged_the_cycles(fitted):
-    """The held-out semi-dual of an auto budget: at the start and at each completed cycle's
+def test_training_shows_the_criterion_that_judged_the_cycles(fitted):
+    """The held-out criterion of an auto budget: at the start and at each completed cycle's
     end, on a right axis of the selection panel."""
     adata = fitted.copy()
     stored = copy.deepcopy(dict(adata.uns["hycnn"]))
     (entry,) = stored["maps"].values()
     entry["history"]["cycle_start"] = np.array([0, 5, 15])
-    entry["history"]["cycle_semi_dual"] = np.array([3.0, 2.0, 1.5])  # the third cycle cut short
+    entry["history"]["cycle_criterion"] = np.array([3.0, 2.0, 1.5])  # the third cycle cut short
     adata.uns["hycnn"] = stored
     _, val_ax = hs.pl.training(adata, show=False)
-    (dual_ax,) = [a for a in val_ax.figure.axes if a.get_ylabel().startswith("held-out semi-dual")]
+    (dual_ax,) = [a for a in val_ax.figure.axes if a.get_ylabel().startswith("held-out criterion")]
     (line,) = dual_ax.lines
     np.testing.assert_array_equal(line.get_xdata(), [0, 5, 15])
     np.testing.assert_array_equal(line.get_ydata(), [3.0, 2.0, 1.5])
 
 
-def test_training_without_cycles_has_no_semi_dual_axis(fitted):
+def test_training_without_cycles_has_no_criterion_axis(fitted):
     _, val_ax = hs.pl.training(fitted, show=False)
-    assert not any(a.get_ylabel().startswith("held-out semi-dual") for a in val_ax.figure.axes)
+    assert not any(a.get_ylabel().startswith("held-out criterion") for a in val_ax.figure.axes)
 
 
 def _many_maps(adata, n: int):

@@ -91,14 +91,15 @@ def _dual(value: float, rng: np.random.Generator, scale: float = 1e-3) -> minima
 
 
 def _falling_profiles(monkeypatch):
-    """Every measurement of the held-out semi-dual lower than the one before."""
+    """Every measurement of the held-out criterion lower than the one before."""
     rng = np.random.default_rng(0)
     values = iter(1.0 / (1.0 + np.arange(10_000)))
 
     def falling(f, g, validation):  # one profile per model (condition)
         return [_dual(next(values), rng)] * len(validation[1])
 
-    monkeypatch.setattr(minimax, "held_out_dual", falling)
+    for criterion in ("held_out_dual", "held_out_energy"):  # TransportMap, conditional network
+        monkeypatch.setattr(minimax, criterion, falling)
 
 
 def test_auto_budget_doubles_while_it_improves(monkeypatch, linear_data):
@@ -136,7 +137,8 @@ def _scripted_cycles(monkeypatch, *cycles):
     def profiles(f, g, validation):  # one profile per model (condition)
         return [_dual(next(curve), rng)] * len(validation[1])
 
-    monkeypatch.setattr(minimax, "held_out_dual", profiles)
+    for criterion in ("held_out_dual", "held_out_energy"):  # TransportMap, conditional network
+        monkeypatch.setattr(minimax, criterion, profiles)
 
 
 def test_auto_budget_explores_past_a_first_cycle_that_got_worse(monkeypatch, linear_data):
@@ -148,7 +150,7 @@ def test_auto_budget_explores_past_a_first_cycle_that_got_worse(monkeypatch, lin
     assert tmap.best_iteration_ == 60  # the end of the exploration; the flat third cycle undone
     assert tmap.converged_
     # the semi-dual that judged: the warm start, then every cycle's end (kept or not)
-    np.testing.assert_allclose(tmap.history_["cycle_semi_dual"], [1.0, 1.2, 0.5, 0.5])
+    np.testing.assert_allclose(tmap.history_["cycle_criterion"], [1.0, 1.2, 0.5, 0.5])
 
 
 def _warm_start_map(linear_data):
@@ -212,7 +214,8 @@ def test_stacked_maps_are_kept_explored_and_undone_each_on_its_own(monkeypatch, 
     def profiles(f, g, validation):
         return [_dual(next(script), rng) for script in scripts]
 
-    monkeypatch.setattr(minimax, "held_out_dual", profiles)
+    for criterion in ("held_out_dual", "held_out_energy"):  # TransportMap, conditional network
+        monkeypatch.setattr(minimax, criterion, profiles)
     source, target = linear_data
     first, second = TransportMap.fit_many([source, source], [target, target], hidden=(8,),
                                           residual=1.0, seed=0, device="cpu")
@@ -220,8 +223,8 @@ def test_stacked_maps_are_kept_explored_and_undone_each_on_its_own(monkeypatch, 
         assert list(tmap.history_["cycle_start"]) == [0, 20, 60, 140]
         assert tmap.converged_
     assert first.best_iteration_ == 60 and second.best_iteration_ == 0
-    np.testing.assert_allclose(first.history_["cycle_semi_dual"], [1.0, 0.5, 0.3, 0.3, 0.3])
-    np.testing.assert_allclose(second.history_["cycle_semi_dual"], [1.0, 1.2, 1.3, 1.1, 1.15])
+    np.testing.assert_allclose(first.history_["cycle_criterion"], [1.0, 0.5, 0.3, 0.3, 0.3])
+    np.testing.assert_allclose(second.history_["cycle_criterion"], [1.0, 1.2, 1.3, 1.1, 1.15])
 
 
 def test_an_interrupt_while_judging_keeps_the_weights_before_the_cycle(monkeypatch,
@@ -323,7 +326,7 @@ def test_conditional_auto_budget_keeps_or_restores_whole_weights(monkeypatch, co
     assert list(cmap.history_["cycle_start"]) == [0, 20]
     assert cmap.best_iteration_ == best
     assert cmap.converged_
-    np.testing.assert_allclose(cmap.history_["cycle_semi_dual"],
+    np.testing.assert_allclose(cmap.history_["cycle_criterion"],
                                [cycles[0][0], cycles[0][1], cycles[1][1]])
     for label in labels:
         np.testing.assert_array_equal(cmap.transport(sources[0], label),

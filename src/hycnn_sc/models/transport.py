@@ -197,7 +197,7 @@ class TransportMap(MinimaxEstimator):
     history_ : dict of ndarray
         ``loss_f``, ``loss_g`` (per iteration), ``tau``, ``selection_iteration`` and
         ``selection_energy`` (standardised units); with ``n_iters="auto"`` also
-        ``cycle_start`` (the first iteration of each cycle) and ``cycle_semi_dual`` (the
+        ``cycle_start`` (the first iteration of each cycle) and ``cycle_criterion`` (the
         held-out semi-dual that judged the cycles: at the start, then at the end of each
         completed cycle, before it was kept or undone).
     best_iteration_ : int

@@ -74,7 +74,8 @@ def training(
     median over maps in bold, so that e.g. 33 maps stay readable. A single map trained with
     ``n_iters="auto"`` shows a dashed grey line where each cosine cycle began (the learning
     rate restarts there, so the losses jump) and, on the right panel's right axis, the
-    held-out semi-dual that decided whether each cycle was kept and whether to go on.
+    held-out criterion that decided whether each cycle was kept and whether to go on (the
+    semi-dual; for a conditional map, the mean energy distance).
 
     Parameters
     ----------
@@ -174,7 +175,7 @@ def _label_single(axes: tuple[Axes, Axes, Axes], mid: str, history: dict[str, np
     for start in history.get("cycle_start", np.empty(0))[1:]:
         for axis in (loss_ax, val_ax):  # n_iters="auto": where each cosine cycle began
             axis.axvline(start, color="#999999", ls="--", lw=0.6)
-    _draw_semi_dual(val_ax, history)
+    _draw_cycle_criterion(val_ax, history)
     loss_ax.set_ylabel("loss f (outer)", color=_F_COLOR)
     g_ax.set_ylabel("loss g (inner)", color=_G_COLOR)
     loss_ax.tick_params(axis="y", colors=_F_COLOR)
@@ -188,17 +189,17 @@ def _label_single(axes: tuple[Axes, Axes, Axes], mid: str, history: dict[str, np
     loss_ax.set_title(f"minimax losses: {mid}", fontsize="medium")
 
 
-def _draw_semi_dual(val_ax: Axes, history: dict[str, np.ndarray]) -> None:
-    """``n_iters="auto"``: the held-out semi-dual that judged the cycles, on a right axis, at
-    the start and at the end of every completed cycle."""
-    values = history.get("cycle_semi_dual", np.empty(0))
+def _draw_cycle_criterion(val_ax: Axes, history: dict[str, np.ndarray]) -> None:
+    """``n_iters="auto"``: the held-out criterion that judged the cycles (the semi-dual of a
+    ``TransportMap``), on a right axis, at the start and at the end of every completed cycle."""
+    values = history.get("cycle_criterion", np.empty(0))
     starts = history.get("cycle_start", np.empty(0))
     if len(values) < 2 or not len(starts):
         return
     ends = [*starts[1:], len(history["loss_f"])][: len(values) - 1]
     dual_ax = val_ax.twinx()
     dual_ax.plot([0, *ends], values, color=_DUAL_COLOR, ls=":", marker="D", ms=4, lw=1.0)
-    dual_ax.set_ylabel("held-out semi-dual\n(judges the cycles)", color=_DUAL_COLOR)
+    dual_ax.set_ylabel("held-out criterion\n(judges the cycles)", color=_DUAL_COLOR)
     dual_ax.tick_params(axis="y", colors=_DUAL_COLOR)
 
 
