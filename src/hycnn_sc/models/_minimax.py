@@ -286,7 +286,8 @@ class MinimaxResult:
     nonfinite_recoveries: int = 0
     stopped_early: bool = False
     messages: list[str] = field(default_factory=list)
-    #: The held-out criterion behind ``converged`` (:func:`train_in_cycles`: the semi-dual).
+    #: The held-out criterion behind ``converged`` (:func:`train_in_cycles`: the semi-dual,
+    #: or the energy distance for a shared network).
     criterion: str = "energy distance"
     #: Whether the iteration cap of :func:`train_in_cycles`, not its rule, ended training.
     capped: bool = False
