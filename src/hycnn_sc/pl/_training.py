@@ -16,7 +16,7 @@ from .._docs import EXAMPLE_FITTED, doc_params, plot_arguments
 from ..tl._schema import stored_history
 from . import _utils as utils
 
-_F_COLOR, _G_COLOR, _DUAL_COLOR = "tab:blue", "tab:orange", "tab:purple"
+_F_COLOR, _G_COLOR, _CRITERION_COLOR = "tab:blue", "tab:orange", "tab:purple"
 #: The shared plot arguments less ``ax``, which here may also be two Axes.
 _PLOT_ARGUMENTS = plot_arguments("hycnn_training").split("\n", 2)[2]
 
@@ -197,10 +197,10 @@ def _draw_cycle_criterion(val_ax: Axes, history: dict[str, np.ndarray]) -> None:
     if len(values) < 2 or not len(starts):
         return
     ends = [*starts[1:], len(history["loss_f"])][: len(values) - 1]
-    dual_ax = val_ax.twinx()
-    dual_ax.plot([0, *ends], values, color=_DUAL_COLOR, ls=":", marker="D", ms=4, lw=1.0)
-    dual_ax.set_ylabel("held-out criterion\n(judges the cycles)", color=_DUAL_COLOR)
-    dual_ax.tick_params(axis="y", colors=_DUAL_COLOR)
+    criterion_ax = val_ax.twinx()
+    criterion_ax.plot([0, *ends], values, color=_CRITERION_COLOR, ls=":", marker="D", ms=4, lw=1.0)
+    criterion_ax.set_ylabel("held-out criterion\n(judges the cycles)", color=_CRITERION_COLOR)
+    criterion_ax.tick_params(axis="y", colors=_CRITERION_COLOR)
 
 
 def _label_several(axes: tuple[Axes, Axes, Axes]) -> None:
