@@ -145,7 +145,7 @@ class ConditionalTransportMap(MinimaxEstimator):
         1e-3 kept a trained network on both seeds measured, 3e-3 on one). ``n_iters="auto"``
         trains in cosine cycles of doubling length (500, 1,000, ...) while they lower the
         mean held-out energy distance over conditions beyond its noise (a cycle that does
-        not is undone), up to 500 epochs, one epoch being every condition's larger side
+        not is undone), up to 1,200 epochs, one epoch being every condition's larger side
         drawn once (``conditions_per_step`` conditions per step); on small conditions it
         typically keeps the warm start after 1,500 iterations. (Unlike ``TransportMap``,
         whose cycles the held-out semi-dual judges: for the shared network it cost the

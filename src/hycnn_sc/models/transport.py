@@ -93,7 +93,7 @@ class TransportMap(MinimaxEstimator):
         once ``∇f`` pushes the source onto the target, long before the map is the OT map).
         Training goes on while the last cycle found a better map and the last two together
         lowered the held-out semi-dual beyond its noise (1.645 paired standard errors). The
-        total is capped at 500 passes over the larger training side (in batches), clipped to
+        total is capped at 1,200 passes over the larger training side (in batches), clipped to
         1,500–31,500 iterations, so more data may train longer. A linear truth stops after
         1,500 iterations (d = 16, 5,000 points: the second cycle is undone, and the residual
         test keeps the linear part); a large nonlinear problem trains for thousands.
