@@ -54,11 +54,11 @@ def linear_data():
 
 
 def test_auto_budget_runs_whole_cycles_up_to_its_cap(linear_data):
-    """600 points a side: the cap is the floor of 1,500 iterations, a cycle of 500 and one of
-    1,000. Both lower the held-out semi-dual of the (gradient-matched, so not exact) warm start
+    """600 points a side (540 for training): the cap of 1,200 epochs, 2,532 iterations, admits a
+    cycle of 500 and one of 1,000. Both lower the held-out semi-dual of the (gradient-matched, so not exact) warm start
     beyond its noise, so the map keeps the second cycle's end and, stopped by the cap while
     progressing, says it has not converged."""
-    with pytest.warns(RuntimeWarning, match="semi-dual objective was still improving.*cap of 1500"):
+    with pytest.warns(RuntimeWarning, match="semi-dual objective was still improving.*cap of 2532"):
         tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
     assert len(tmap.history_["loss_f"]) == 1500
     assert list(tmap.history_["cycle_start"]) == [0, 500]
@@ -512,3 +512,35 @@ def test_restore_puts_back_only_the_masked_models():
     for name, value in potential.state_dict().items():
         torch.testing.assert_close(value[0], before[name][0])
         torch.testing.assert_close(value[1], after[name][1])
+
+
+@pytest.mark.parametrize(("model", "kwargs", "criterion"), [
+    ("hycnn", {}, "held_out_dual"),
+    ("hycnn", {"tau": 0.0}, "held_out_energy"),
+    ("icnn", {}, "held_out_energy"),
+    ("icnn", {"network_kwargs": {"activation": "softplus"}}, "held_out_dual"),
+])
+def test_auto_budget_judges_potentials_with_kinks_by_the_energy_distance(
+        monkeypatch, linear_data, model, kwargs, criterion):
+    """The semi-dual's excess bounds the map's error only for a Lipschitz ``∇f``: a ReLU ICNN
+    or a HyCNN with ``τ = 0`` is judged by the held-out energy distance, which the warning names."""
+    calls = []
+    for name in ("held_out_dual", "held_out_energy"):
+        original = getattr(minimax, name)
+        monkeypatch.setattr(minimax, name, lambda f, g, v, _n=name, _o=original: calls.append(_n) or _o(f, g, v))
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_FIRST_CYCLE", 20)
+    monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_MAX_ITERS", 60)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TransportMap(model=model, hidden=(8,), residual=1.0, seed=0, device="cpu", **kwargs).fit(*linear_data)
+    judged = {name for name in calls}
+    assert judged == {criterion}
+    words = "semi-dual objective" if criterion == "held_out_dual" else "held-out energy distance"
+    assert all(words in str(w.message) for w in caught if "had not converged" in str(w.message))
+
+
+def test_smoothness_of_the_potentials():
+    from hycnn_sc.models import ICNN, HyCNN
+    assert HyCNN(2, (4,), tau=0.3).smooth and not HyCNN(2, (4,), tau=0.0).smooth
+    assert not ICNN(2, (4,)).smooth and not ICNN(2, (4,), activation="leaky_relu").smooth
+    assert ICNN(2, (4,), activation="softplus").smooth

@@ -184,6 +184,13 @@ class ConvexPotential(nn.Module):
         raise NotImplementedError
 
     @property
+    def smooth(self) -> bool:
+        """Whether ``∇f`` is Lipschitz (every merge is continuously differentiable). Only then
+        does the excess of the semi-dual objective bound the error of the map ``∇f``, so only
+        then do the cycles of ``n_iters="auto"`` judge it by the held-out semi-dual."""
+        return False
+
+    @property
     def explicit_gradient(self) -> bool:
         """Whether :meth:`value_and_gradient` is available (the subclass implements
         :meth:`merge_with_slope`); :func:`potential_gradient` uses autograd otherwise."""

@@ -851,7 +851,12 @@ def train_in_cycles(
 
     The semi-dual is only a lower bound where the conjugate's ascent has not converged (50
     safeguarded steps: exact to float precision on smooth, strongly convex potentials such as
-    the default HyCNN with its quadratic term; slower at the kinks of a ReLU ICNN).
+    the default HyCNN with its quadratic term). A potential with kinks (``smooth`` false: a
+    ReLU ICNN, a HyCNN with ``τ = 0``) is judged by the held-out energy distance instead: the
+    semi-dual's excess bounds the map's error only for a Lipschitz ``∇f``, and on the
+    Wasserstein-2 benchmark (D = 16, 10,000 points) the project's ICNN lowered the held-out
+    semi-dual in each of six cycles while its map went from 42 % L2-UVP (the linear start)
+    to 386 % (the network alone).
 
     A shared (conditional) network is one model for this rule, judged by its mean held-out
     *energy distance* over conditions (:func:`held_out_energy`), and ``before_step`` is passed
@@ -894,6 +899,9 @@ class _CycleBudget:
         self.f, self.g = f, g
         self.validation, self.before_step = validation, before_step
         self.shared = bool(getattr(f, "shares_parameters", False))
+        #: Judge by the held-out energy distance (a shared network, or a potential with kinks)
+        #: rather than the semi-dual.
+        self.by_energy = self.shared or not getattr(f, "smooth", True)
         self.kept_f, self.kept_g = _snapshot(f), _snapshot(g)
         start = self.measure()
         #: Held-out criterion (see :meth:`measure`) of the kept weights, after each judged
@@ -914,11 +922,12 @@ class _CycleBudget:
         self.progress = np.zeros(n_models, dtype=bool)
 
     def measure(self) -> list[Profile]:
-        """Held-out criterion of the current weights, per model: the semi-dual, or for a
-        shared network (every validated condition active) the energy distance."""
+        """Held-out criterion of the current weights, per model: the semi-dual, or the energy
+        distance for a shared network (every validated condition active) or a potential
+        with kinks (see :attr:`by_energy`)."""
         if self.before_step is not None:
             self.before_step(None)
-        judge = held_out_energy if self.shared else held_out_dual
+        judge = held_out_energy if self.by_energy else held_out_dual
         return judge(self.f, self.g, self.validation)
 
     def _lower(self, new: list[Profile], old: list[Profile]) -> np.ndarray:
@@ -1011,6 +1020,6 @@ class _CycleBudget:
             nonfinite_recoveries=sum(c.nonfinite_recoveries for c in cycles),
             stopped_early=last.stopped_early, messages=[m for c in cycles for m in c.messages],
             compiled=any(c.compiled for c in cycles),
-            criterion="energy distance" if self.shared else "semi-dual objective",
+            criterion="energy distance" if self.by_energy else "semi-dual objective",
             capped=self.capped,
         )

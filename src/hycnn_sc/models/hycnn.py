@@ -85,6 +85,11 @@ class HyCNN(ConvexPotential):
         super().__init__(in_features, hidden, n_models=n_models, **kwargs)
 
     @property
+    def smooth(self) -> bool:
+        """``τ > 0``: the soft gate is smooth; ``τ = 0`` is the max, with kinks."""
+        return self._tau > 0.0
+
+    @property
     def tau(self) -> float:
         """Gate temperature (``0`` = hard max)."""
         return self._tau

@@ -93,6 +93,11 @@ class ICNN(ConvexPotential):
             in_features, hidden, n_models=n_models, zero_skip_init=zero_skip_init, **kwargs
         )
 
+    @property
+    def smooth(self) -> bool:
+        """Only with ``activation="softplus"`` (ReLU and leaky ReLU have kinks)."""
+        return self.activation == "softplus"
+
     def merge(self, pre: torch.Tensor, layer: int) -> torch.Tensor:
         if layer == 0 and self.quadratic:
             return F.leaky_relu(pre, NEGATIVE_SLOPE).square()
