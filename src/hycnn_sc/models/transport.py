@@ -92,8 +92,10 @@ class TransportMap(MinimaxEstimator):
         of 500, 1,000, 2,000, ... iterations, each from the weights kept so far; a cycle's
         final iterate is kept when it lowers the held-out semi-dual ``E f(x) + E f*(y)`` (the
         minimax objective on the held-out points; the energy distance stops seeing progress
-        once ``∇f`` pushes the source onto the target, long before the map is the OT map).
-        Training goes on while the last cycle found a better map and the last two together
+        once ``∇f`` pushes the source onto the target, long before the map is the OT map;
+        a potential with kinks, ``model="icnn"`` with ReLU or a HyCNN with ``tau=0``, is
+        judged by the held-out energy distance, since its semi-dual does not bound the
+        map's error). Training goes on while the last cycle found a better map and the last two together
         lowered the held-out semi-dual beyond its noise (1.645 paired standard errors). The
         total is capped at 1,200 passes over the larger training side (in batches), clipped to
         1,500–31,500 iterations, so more data may train longer. A linear truth stops after

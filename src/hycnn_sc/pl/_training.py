@@ -191,7 +191,7 @@ def _label_single(axes: tuple[Axes, Axes, Axes], mid: str, history: dict[str, np
 
 def _draw_cycle_criterion(val_ax: Axes, history: dict[str, np.ndarray]) -> None:
     """``n_iters="auto"``: the held-out criterion that judged the cycles (the semi-dual of a
-    ``TransportMap``), on a right axis, at the start and at the end of every completed cycle."""
+    ``TransportMap`` with a smooth potential, else the energy distance), on a right axis, at the start and at the end of every completed cycle."""
     values = history.get("cycle_criterion", np.empty(0))
     starts = history.get("cycle_start", np.empty(0))
     if len(values) < 2 or not len(starts):
