@@ -10,7 +10,7 @@ import torch
 
 import hycnn_sc.models._minimax as minimax
 from hycnn_sc.metrics import energy_distance
-from hycnn_sc.models import ConditionalTransportMap, TransportMap
+from hycnn_sc.models import ICNN, ConditionalTransportMap, HyCNN, TransportMap
 from hycnn_sc.models._minimax import energy_profile, paired_standard_error, significant_improvement
 from hycnn_sc.models._selection import paired_energy
 
@@ -54,10 +54,10 @@ def linear_data():
 
 
 def test_auto_budget_runs_whole_cycles_up_to_its_cap(linear_data):
-    """600 points a side (540 for training): the cap of 1,200 epochs, 2,532 iterations, admits a
-    cycle of 500 and one of 1,000. Both lower the held-out semi-dual of the (gradient-matched, so not exact) warm start
-    beyond its noise, so the map keeps the second cycle's end and, stopped by the cap while
-    progressing, says it has not converged."""
+    """600 points a side (540 for training): the cap of 1,200 epochs, 2,532 iterations, admits
+    a cycle of 500 and one of 1,000. Both lower the held-out semi-dual of the (gradient-matched,
+    so not exact) warm start beyond its noise, so the map keeps the second cycle's end and,
+    stopped by the cap while progressing, says it has not converged."""
     with pytest.warns(RuntimeWarning, match="semi-dual objective was still improving.*cap of 2532"):
         tmap = TransportMap(hidden=(8,), residual=1.0, seed=0, device="cpu").fit(*linear_data)
     assert len(tmap.history_["loss_f"]) == 1500
@@ -346,16 +346,21 @@ def test_conditional_auto_budget_stopped_by_its_cap_is_not_converged(monkeypatch
     assert not cmap.converged_
 
 
-@pytest.mark.parametrize(("points", "cycles_run"), [(500, 2), (2_000, 4), (8_000, 6), (100_000, 6)])
+@pytest.mark.parametrize(("points", "cycles_run"),
+                         [(500, 2), (1_600, 4), (7_000, 6), (9_000, 6), (100_000, 6)])
 def test_auto_budget_cap_in_epochs(points, cycles_run):
     """The cap grows with the training points (1,200 epochs at batch 256) between its floor
-    and ceiling; 8,000 training points (10,000 a side, 20 % held out) afford the sixth cycle,
-    31,500 iterations, where the Wasserstein-2 benchmark still improved."""
+    and ceiling: 1,600 points run four cycles (two at 500 epochs), 7,000 six (four), and
+    9,000 training points (10,000 a side, 10 % held out) the sixth, to 31,500 iterations,
+    where the Wasserstein-2 benchmark still improved."""
     first, cap = TransportMap()._schedule(points, 256, use_validation=True)
     ends = first * (2 ** np.arange(1, 8) - 1)  # where cycles 1, 2, ... end
     assert int((ends <= cap).sum()) == cycles_run
-    assert TransportMap()._schedule(points, 256, use_validation=False) == (1000, None)
-    assert TransportMap(n_iters=300)._schedule(points, 256, use_validation=True) == (300, None)
+
+
+def test_auto_budget_without_validation_or_with_a_fixed_budget_has_no_cap():
+    assert TransportMap()._schedule(9_000, 256, use_validation=False) == (1000, None)
+    assert TransportMap(n_iters=300)._schedule(9_000, 256, use_validation=True) == (300, None)
 
 
 @pytest.mark.parametrize(("per_step", "cap"), [(1, 34), (3, 12)])
@@ -523,24 +528,34 @@ def test_restore_puts_back_only_the_masked_models():
 def test_auto_budget_judges_potentials_with_kinks_by_the_energy_distance(
         monkeypatch, linear_data, model, kwargs, criterion):
     """The semi-dual's excess bounds the map's error only for a Lipschitz ``∇f``: a ReLU ICNN
-    or a HyCNN with ``τ = 0`` is judged by the held-out energy distance, which the warning names."""
-    calls = []
+    or a HyCNN with ``τ = 0`` is judged by the held-out energy distance. Every measurement is
+    scripted lower than the last, so the cap stops the fit and the warning names the
+    criterion that judged it."""
+    calls, rng = [], np.random.default_rng(0)
+    values = iter(1.0 / (1.0 + np.arange(100)))
     for name in ("held_out_dual", "held_out_energy"):
-        original = getattr(minimax, name)
-        monkeypatch.setattr(minimax, name, lambda f, g, v, _n=name, _o=original: calls.append(_n) or _o(f, g, v))
+        def scripted(f, g, validation, _name=name):
+            calls.append(_name)
+            return [_dual(next(values), rng)]
+        monkeypatch.setattr(minimax, name, scripted)
     monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_FIRST_CYCLE", 20)
     monkeypatch.setattr("hycnn_sc.models._estimator.AUTO_MAX_ITERS", 60)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        TransportMap(model=model, hidden=(8,), residual=1.0, seed=0, device="cpu", **kwargs).fit(*linear_data)
-    judged = {name for name in calls}
-    assert judged == {criterion}
     words = "semi-dual objective" if criterion == "held_out_dual" else "held-out energy distance"
-    assert all(words in str(w.message) for w in caught if "had not converged" in str(w.message))
+    with pytest.warns(RuntimeWarning, match=f"{words} was still improving.*cap of 60"):
+        tmap = TransportMap(model=model, hidden=(8,), residual=1.0, seed=0, device="cpu",
+                            **kwargs).fit(*linear_data)
+    assert set(calls) == {criterion}
+    assert len(tmap.history_["cycle_criterion"]) == len(calls) == 3  # start, two cycles
 
 
 def test_smoothness_of_the_potentials():
-    from hycnn_sc.models import ICNN, HyCNN
-    assert HyCNN(2, (4,), tau=0.3).smooth and not HyCNN(2, (4,), tau=0.0).smooth
-    assert not ICNN(2, (4,)).smooth and not ICNN(2, (4,), activation="leaky_relu").smooth
-    assert ICNN(2, (4,), activation="softplus").smooth
+    """Lipschitz gradients: a HyCNN with ``τ > 0`` (live with the setter), an ICNN with softplus
+    (with or without the squared first layer, whose leaky ReLU² has a Lipschitz derivative)."""
+    hycnn = HyCNN(2, (4,), tau=0.3)
+    assert hycnn.smooth
+    hycnn.tau = 0.0
+    assert not hycnn.smooth
+    for quadratic in (False, True):
+        assert ICNN(2, (4, 4), activation="softplus", quadratic=quadratic).smooth
+        assert not ICNN(2, (4, 4), quadratic=quadratic).smooth
+        assert not ICNN(2, (4, 4), activation="leaky_relu", quadratic=quadratic).smooth

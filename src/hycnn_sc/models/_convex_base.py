@@ -185,9 +185,11 @@ class ConvexPotential(nn.Module):
 
     @property
     def smooth(self) -> bool:
-        """Whether ``∇f`` is Lipschitz (every merge is continuously differentiable). Only then
+        """Whether ``∇f`` is Lipschitz (every merge has a Lipschitz derivative). Only then
         does the excess of the semi-dual objective bound the error of the map ``∇f``, so only
-        then do the cycles of ``n_iters="auto"`` judge it by the held-out semi-dual."""
+        then do the cycles of ``n_iters="auto"`` judge it by the held-out semi-dual. The
+        constant grows as the merges sharpen (a HyCNN's as ``1/τ``), so the bound weakens for
+        a very small ``τ``."""
         return False
 
     @property

@@ -42,11 +42,12 @@ DEFAULT_TAU = 0.3
 #: ``n_iters="auto"``: length of the first cosine cycle (each later one doubles), and the cap:
 #: ``AUTO_EPOCHS`` passes over the training data (every condition's larger side, in batches),
 #: clipped to ``[AUTO_MIN_ITERS, AUTO_MAX_ITERS]``. The held-out rule stops well before the cap
-#: on data that cannot support more. 1,200 epochs let 10,000 points a side (8,000 training
+#: on data that cannot support more. 1,200 epochs let 10,000 points a side (9,000 training
 #: points, batch 256) run the sixth cycle, to 31,500 iterations: on the Wasserstein-2
 #: benchmark its held-out semi-dual still improved there, and L2-UVP fell from 3.34 % and
 #: 2.99 % (D = 16, seeds 0 and 1, 15,500 iterations, the cap of 500 epochs) to 2.65 % and
-#: 2.42 %, and from 11.03 % to 10.19 % at D = 64, in at most 5 minutes a fit on 2 cores.
+#: 2.42 %, and from 11.03 % to 10.19 % at D = 64, in at most 6.5 minutes a fit (1 thread,
+#: two fits sharing 2 cores).
 AUTO_FIRST_CYCLE = 500
 AUTO_EPOCHS = 1200
 AUTO_MIN_ITERS = 1500

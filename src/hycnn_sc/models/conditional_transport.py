@@ -148,8 +148,9 @@ class ConditionalTransportMap(MinimaxEstimator):
         not is undone), up to 1,200 epochs, one epoch being every condition's larger side
         drawn once (``conditions_per_step`` conditions per step); on small conditions it
         typically keeps the warm start after 1,500 iterations. (Unlike ``TransportMap``,
-        whose cycles the held-out semi-dual judges: for the shared network it cost the
-        transfer to unseen condition pairs, see ``benchmarks/results_conditional.txt``.)
+        which judges a smooth potential's cycles by the held-out semi-dual: for the shared
+        network that cost the transfer to unseen condition pairs, see
+        ``benchmarks/results_conditional.txt``.)
     batch_size
         Points per condition and side in one step.
     conditions_per_step

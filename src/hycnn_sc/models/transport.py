@@ -94,9 +94,10 @@ class TransportMap(MinimaxEstimator):
         minimax objective on the held-out points; the energy distance stops seeing progress
         once ``∇f`` pushes the source onto the target, long before the map is the OT map;
         a potential with kinks, ``model="icnn"`` with ReLU or a HyCNN with ``tau=0``, is
-        judged by the held-out energy distance, since its semi-dual does not bound the
-        map's error). Training goes on while the last cycle found a better map and the last two together
-        lowered the held-out semi-dual beyond its noise (1.645 paired standard errors). The
+        judged by the held-out energy distance instead, since its semi-dual does not bound
+        the map's error). Training goes on while the last cycle found a better map and the
+        last two together lowered that criterion beyond its noise (1.645 paired standard
+        errors). The
         total is capped at 1,200 passes over the larger training side (in batches), clipped to
         1,500–31,500 iterations, so more data may train longer. A linear truth stops after
         1,500 iterations (d = 16, 5,000 points: the second cycle is undone, and the residual
@@ -149,7 +150,8 @@ class TransportMap(MinimaxEstimator):
         are passed to :meth:`fit`, else ``"global"``.
     selection_fraction
         Share of each side held out to judge the training cycles of ``n_iters="auto"`` (by
-        the held-out semi-dual) and to pick the best iterate of a fixed budget, the linear
+        the held-out semi-dual, or the energy distance for a potential with kinks) and to
+        pick the best iterate of a fixed budget, the linear
         part and the residual weight (by the energy distance between mapped and held-out
         target points);
         with at least two groups, whole groups are held out instead. A side with too few
@@ -202,14 +204,15 @@ class TransportMap(MinimaxEstimator):
         ``loss_f``, ``loss_g`` (per iteration), ``tau``, ``selection_iteration`` and
         ``selection_energy`` (standardised units); with ``n_iters="auto"`` also
         ``cycle_start`` (the first iteration of each cycle) and ``cycle_criterion`` (the
-        held-out semi-dual that judged the cycles: at the start, then at the end of each
-        completed cycle, before it was kept or undone).
+        held-out criterion that judged the cycles, the semi-dual or for a potential with
+        kinks the energy distance: at the start, then at the end of each completed cycle,
+        before it was kept or undone).
     best_iteration_ : int
         Iteration whose weights were kept.
     converged_ : bool
         False (with a warning) when the held-out criterion was still improving beyond its
         noise at the end, so that more iterations would likely still help: with
-        ``n_iters="auto"`` when the last cycle lowered the held-out semi-dual by more than
+        ``n_iters="auto"`` when the last cycle lowered its held-out criterion by more than
         1.645 standard errors of the paired difference (one-sided 5 %), or the iteration cap
         stopped cycles that the rule would have continued; with a fixed budget (judged by
         the held-out energy distance of its 20 checks)

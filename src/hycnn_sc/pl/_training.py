@@ -75,7 +75,8 @@ def training(
     ``n_iters="auto"`` shows a dashed grey line where each cosine cycle began (the learning
     rate restarts there, so the losses jump) and, on the right panel's right axis, the
     held-out criterion that decided whether each cycle was kept and whether to go on (the
-    semi-dual; for a conditional map, the mean energy distance).
+    semi-dual; for a potential with kinks the energy distance, for a conditional map the
+    mean energy distance).
 
     Parameters
     ----------
@@ -190,8 +191,9 @@ def _label_single(axes: tuple[Axes, Axes, Axes], mid: str, history: dict[str, np
 
 
 def _draw_cycle_criterion(val_ax: Axes, history: dict[str, np.ndarray]) -> None:
-    """``n_iters="auto"``: the held-out criterion that judged the cycles (the semi-dual of a
-    ``TransportMap`` with a smooth potential, else the energy distance), on a right axis, at the start and at the end of every completed cycle."""
+    """``n_iters="auto"``: the held-out criterion that judged the cycles (the semi-dual of
+    a smooth ``TransportMap`` potential, else the energy distance), on a right axis, at the
+    start and at the end of every completed cycle."""
     values = history.get("cycle_criterion", np.empty(0))
     starts = history.get("cycle_start", np.empty(0))
     if len(values) < 2 or not len(starts):
