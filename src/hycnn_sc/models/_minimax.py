@@ -192,8 +192,7 @@ def held_out_energy(f: nn.Module, g: nn.Module,
     """:class:`EnergyProfile` of every stacked model (``∇f`` of its held-out source points
     against its held-out target points; ``g`` unused, for the signature of :func:`held_out_dual`)."""
     sources, targets = validation
-    within = [float(torch.cdist(t, t).mean()) for t in targets]
-    return _validation_profiles(f, sources.padded(), sources.sizes, targets, within)
+    return _validation_profiles(f, sources.padded(), sources.sizes, targets, _target_spreads(targets))
 
 
 #: A held-out criterion with per-point terms: lower is better.
@@ -336,6 +335,11 @@ def warm_start(
         optimizer.step()
     if before_step is not None:
         before_step(None)
+
+
+def _target_spreads(targets: Sequence[torch.Tensor]) -> list[float]:
+    """Mean distance within each held-out target set: the energy distance's target-only term."""
+    return [float(torch.cdist(t, t).mean()) for t in targets]
 
 
 def _validation_profiles(
@@ -602,8 +606,7 @@ class _MinimaxLoop:
         self.checks: list[int] = []
         self.check_values: list[np.ndarray] = []
         self.check_profiles: list[list[EnergyProfile]] = []
-        self.within_targets = ([float(torch.cdist(t, t).mean()) for t in validation[1]]
-                               if validation is not None else [])
+        self.within_targets = _target_spreads(validation[1]) if validation is not None else []
         self.best_f, self.best_g = _snapshot(f), _snapshot(g)
         self.best_value = np.full(n_models, np.inf)
         self.best_iteration = np.zeros(n_models, dtype=int)
@@ -934,6 +937,11 @@ class _CycleBudget:
         judge = held_out_energy if self.by_energy else held_out_dual
         return judge(self.f, self.g, self.validation)
 
+    def _restore_kept(self, rows: np.ndarray) -> None:
+        """Back to the kept weights of ``f`` and ``g`` for the models in ``rows``."""
+        _restore(self.f, self.kept_f, rows, self.shared)
+        _restore(self.g, self.kept_g, rows, self.shared)
+
     def _lower(self, new: list[Profile], old: list[Profile]) -> np.ndarray:
         if self.shared:
             return np.full(len(new), np.mean([p.value for p in new]) < np.mean([q.value for q in old]))
@@ -958,8 +966,7 @@ class _CycleBudget:
             _keep_improved(self.kept_g, self.g, rows, self.shared)
         self.best_iteration[keep] = used
         if undo.any():  # back to the kept weights of the models this cycle did not improve
-            _restore(self.f, self.kept_f, undo, self.shared)
-            _restore(self.g, self.kept_g, undo, self.shared)
+            self._restore_kept(undo)
         current = [p if k else q for p, q, k in zip(final, kept, keep, strict=True)]
         self.kept.append(current)
         self.converged = ~improved_beyond_noise(current, kept, self.shared)
@@ -981,8 +988,7 @@ class _CycleBudget:
             self.converged &= ~self.progress
         exploring = self.exploring > 0
         if exploring.any():
-            _restore(self.f, self.kept_f, exploring, self.shared)
-            _restore(self.g, self.kept_g, exploring, self.shared)
+            self._restore_kept(exploring)
             self.converged[exploring] = False
 
     def interrupted(self, result: MinimaxResult, used: int) -> None:
@@ -996,9 +1002,7 @@ class _CycleBudget:
 
     def interrupted_while_judging(self, result: MinimaxResult) -> None:
         """Ctrl-C while the cycle just run was being judged: back to the kept weights."""
-        every = np.ones(len(self.best_iteration), dtype=bool)
-        _restore(self.f, self.kept_f, every, self.shared)
-        _restore(self.g, self.kept_g, every, self.shared)
+        self._restore_kept(np.ones(len(self.best_iteration), dtype=bool))
         self.converged[:] = False
         result.interrupted = True
         result.messages.append(

@@ -97,9 +97,8 @@ class TransportMap(MinimaxEstimator):
         judged by the held-out energy distance instead, since its semi-dual does not bound
         the map's error). Training goes on while the last cycle found a better map and the
         last two together lowered that criterion beyond its noise (1.645 paired standard
-        errors). The
-        total is capped at 1,200 passes over the larger training side (in batches), clipped to
-        1,500–31,500 iterations, so more data may train longer. A linear truth stops after
+        errors). The total is capped at 1,200 passes over the larger training side (in
+        batches), clipped to 1,500–31,500 iterations, so more data may train longer. A linear truth stops after
         1,500 iterations (d = 16, 5,000 points: the second cycle is undone, and the residual
         test keeps the linear part); a large nonlinear problem trains for thousands.
         Without held-out data (``selection_fraction=0``) ``"auto"`` means one
@@ -151,9 +150,8 @@ class TransportMap(MinimaxEstimator):
     selection_fraction
         Share of each side held out to judge the training cycles of ``n_iters="auto"`` (by
         the held-out semi-dual, or the energy distance for a potential with kinks) and to
-        pick the best iterate of a fixed budget, the linear
-        part and the residual weight (by the energy distance between mapped and held-out
-        target points);
+        pick the best iterate of a fixed budget, the linear part and the residual weight (by
+        the energy distance between mapped and held-out target points);
         with at least two groups, whole groups are held out instead. A side with too few
         points to hold out 8 is scored on its training points. ``0`` trains without
         selection: the last iterate, and ``residual="auto"`` then means the network alone.
