@@ -48,7 +48,8 @@ def held_out_profile(mapped: np.ndarray, observed: np.ndarray):
 
 
 def fit_and_score(pair, source, target, test, params: dict) -> dict:
-    """Fit one ``TransportMap`` and return its L2-UVP, wall time, iterations and ``converged_``."""
+    """Fit one ``TransportMap`` and return its L2-UVP, wall time, iterations, ``converged_`` and
+    the mapped test points."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         start = time.perf_counter()
@@ -58,6 +59,7 @@ def fit_and_score(pair, source, target, test, params: dict) -> dict:
     mapped = tmap.transport(test)
     return {
         "l2_uvp": pair.l2_uvp(test, mapped),
+        "mapped": mapped,
         "energy": held_out_profile(mapped, pair.true_map(pair.mixture.sample(N_ENERGY, seed=2))),
         "seconds": seconds,
         "iterations": int(np.isfinite(losses).sum()),

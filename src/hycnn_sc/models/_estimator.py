@@ -47,7 +47,10 @@ DEFAULT_TAU = 0.3
 #: benchmark its held-out semi-dual still improved there, and L2-UVP fell from 3.34 % and
 #: 2.99 % (D = 16, seeds 0 and 1, 15,500 iterations, the cap of 500 epochs) to 2.65 % and
 #: 2.42 %, and from 11.03 % to 10.19 % at D = 64, in at most 6.5 minutes a fit (1 thread,
-#: two fits sharing 2 cores).
+#: two fits sharing 2 cores). A larger cap does not pay there: a seventh cycle (to 63,500
+#: iterations) was rejected by the held-out rule at D = 16 and D = 64 (seed 0), and one
+#: 63,500-iteration schedule reached 2.76 % at D = 16. The error left at 10,000 points is
+#: shared by every seed and shrinks with more points (benchmarks/w2_limits.py).
 AUTO_FIRST_CYCLE = 500
 AUTO_EPOCHS = 1200
 AUTO_MIN_ITERS = 1500
