@@ -47,6 +47,23 @@ def held_out_profile(mapped: np.ndarray, observed: np.ndarray):
     return energy_profile(mapped_t, observed_t, float(torch.cdist(observed_t, observed_t).mean()))
 
 
+def start_run(args, title: str) -> dict:
+    """Set torch's threads, print ``title`` with the machine, and return the extra
+    ``TransportMap`` arguments of ``--params``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    extra = json.loads(args.params)
+    print(f"# {title}; {machine()}")
+    if extra:
+        print(f"# extra TransportMap arguments: {extra}")
+    return extra
+
+
+def benchmark_samples(pair, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` source and ``n`` target points of benchmark seed ``seed`` (independent draws)."""
+    return pair.mixture.sample(n, seed=100 + seed), pair.true_map(pair.mixture.sample(n, seed=200 + seed))
+
+
 def fit_and_score(pair, source, target, test, params: dict) -> dict:
     """Fit one ``TransportMap`` and return its L2-UVP, wall time, iterations, ``converged_`` and
     the mapped test points."""
@@ -84,13 +101,8 @@ def main() -> None:
                         help="only the fixed budgets of --n-iters, not the project defaults")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
-    extra = json.loads(args.params)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"# W2 benchmark (Mix3toMix10), {args.n} points a side, L2-UVP (%) on {N_TEST} test "
-          f"points; {machine()}")
-    if extra:
-        print(f"# extra TransportMap arguments: {extra}")
+    extra = start_run(args, f"W2 benchmark (Mix3toMix10), {args.n} points a side, L2-UVP (%) on "
+                             f"{N_TEST} test points")
     rows, budgets = [], []
     for dim in args.dims:
         pair = w2_benchmark_pair(dim, directory=args.directory)
@@ -102,8 +114,7 @@ def main() -> None:
         rows.append([dim, "linear map, population moments [L]",
                      f"{pair.l2_uvp(test, test @ matrix.T + shift):.1f}", "-", "-", "-",
                      f"{published['linear map [L]'] or '-'}"])
-        samples = [(pair.mixture.sample(args.n, seed=100 + s),
-                    pair.true_map(pair.mixture.sample(args.n, seed=200 + s))) for s in range(args.seeds)]
+        samples = [benchmark_samples(pair, args.n, s) for s in range(args.seeds)]
         gaussian = [pair.l2_uvp(test, GaussianTransportMap().fit(x, y).transport(test)) for x, y in samples]
         rows.append([dim, "Gaussian map fitted on the samples", mean_spread(gaussian), "-", "-", "-", "-"])
         for model in args.models:

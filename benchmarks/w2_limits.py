@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 
 import numpy as np
-import torch
-from _common import machine, print_table
-from w2_benchmark import DEFAULT_DIRECTORY, N_TEST, fit_and_score
+from _common import print_table
+from w2_benchmark import DEFAULT_DIRECTORY, N_TEST, benchmark_samples, fit_and_score, start_run
 
 from hycnn_sc.datasets import w2_benchmark_pair
 
@@ -55,19 +53,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.fit_seeds < 2:
         parser.error("--fit-seeds must be at least 2 to separate the seed's share of the error")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    extra = json.loads(args.params)
-    print(f"# W2 benchmark error decomposition, {args.n} points a side (the samples of seed 0), "
-          f"{args.fit_seeds} fits each; {machine()}")
-    if extra:
-        print(f"# extra TransportMap arguments: {extra}")
+    extra = start_run(args, f"W2 benchmark error decomposition, {args.n} points a side (the "
+                            f"samples of seed 0), {args.fit_seeds} fits each")
     fit_rows, summary = [], []
     for dim in args.dims:
         pair = w2_benchmark_pair(dim, directory=args.directory)
         test = pair.mixture.sample(N_TEST, seed=1)
-        source, target = pair.mixture.sample(args.n, seed=100), pair.true_map(
-            pair.mixture.sample(args.n, seed=200))
+        source, target = benchmark_samples(pair, args.n, seed=0)
         results = []
         for seed in range(args.fit_seeds):
             result = fit_and_score(pair, source, target, test, dict(extra, seed=seed))
