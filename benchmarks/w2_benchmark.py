@@ -59,6 +59,12 @@ def start_run(args, title: str) -> dict:
     return extra
 
 
+def pair_and_test_points(dim: int, directory: str):
+    """The benchmark pair of dimension ``dim`` and its 2^14 fixed test source points."""
+    pair = w2_benchmark_pair(dim, directory=directory)
+    return pair, pair.mixture.sample(N_TEST, seed=1)
+
+
 def benchmark_samples(pair, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` source and ``n`` target points of benchmark seed ``seed`` (independent draws)."""
     return pair.mixture.sample(n, seed=100 + seed), pair.true_map(pair.mixture.sample(n, seed=200 + seed))
@@ -105,8 +111,7 @@ def main() -> None:
                              f"{N_TEST} test points")
     rows, budgets = [], []
     for dim in args.dims:
-        pair = w2_benchmark_pair(dim, directory=args.directory)
-        test = pair.mixture.sample(N_TEST, seed=1)
+        pair, test = pair_and_test_points(dim, args.directory)
         matrix, shift = pair.linear_map()
         published = {label: values.get(dim) for label, values in PUBLISHED_L2_UVP.items()}
         rows.append([dim, "identity [ID]", f"{pair.l2_uvp(test, test):.1f}", "-", "-", "-",

@@ -24,9 +24,13 @@ import itertools
 
 import numpy as np
 from _common import print_table
-from w2_benchmark import DEFAULT_DIRECTORY, N_TEST, benchmark_samples, fit_and_score, start_run
-
-from hycnn_sc.datasets import w2_benchmark_pair
+from w2_benchmark import (
+    DEFAULT_DIRECTORY,
+    benchmark_samples,
+    fit_and_score,
+    pair_and_test_points,
+    start_run,
+)
 
 
 def decomposition(pair, test: np.ndarray, mapped: list[np.ndarray]) -> tuple[dict[int, float], float, float]:
@@ -57,8 +61,7 @@ def main() -> None:
                             f"samples of seed 0), {args.fit_seeds} fits each")
     fit_rows, summary = [], []
     for dim in args.dims:
-        pair = w2_benchmark_pair(dim, directory=args.directory)
-        test = pair.mixture.sample(N_TEST, seed=1)
+        pair, test = pair_and_test_points(dim, args.directory)
         source, target = benchmark_samples(pair, args.n, seed=0)
         results = []
         for seed in range(args.fit_seeds):
