@@ -19,6 +19,7 @@ from hycnn_sc.models import (
     potential_gradient,
 )
 from hycnn_sc.models.conditional import ConditionEncoder
+from hycnn_sc.models.conditional_transport import shrunk_mean_shift
 
 
 def _randomise(potential: torch.nn.Module, seed: int) -> None:
@@ -143,6 +144,46 @@ def test_fit_transport_seen_and_unseen_conditions():
     np.testing.assert_allclose(matrix, np.eye(4))
     predicted = only_singles.transport(control, "A+B")
     np.testing.assert_allclose(predicted.mean(0)[:2], [2, 2], atol=0.3)
+
+
+def test_shrunk_mean_shift_follows_the_james_stein_factor():
+    rng = np.random.default_rng(0)
+    source, target = rng.normal(size=(200, 8)), rng.normal(size=(100, 8)) + 0.3
+    raw = target.mean(0) - source.mean(0)
+    noise = source.var(0, ddof=1).sum() / 200 + target.var(0, ddof=1).sum() / 100
+    factor = 1 - (8 - 2) * noise / (8 * raw @ raw)
+    assert 0 < factor < 1
+    np.testing.assert_allclose(shrunk_mean_shift(source, target), factor * raw, rtol=1e-10)
+    # A shift within its noise is set to zero (positive part), not flipped.
+    tiny = shrunk_mean_shift(source, source[:100] + 1e-3)
+    np.testing.assert_array_equal(tiny, np.zeros(8))
+    # Fewer than three features: James–Stein does not apply, the raw shift is returned.
+    np.testing.assert_allclose(shrunk_mean_shift(source[:, :2], target[:, :2]), raw[:2])
+    # A clear shift is barely touched.
+    clear = shrunk_mean_shift(source, target + 5)
+    np.testing.assert_allclose(clear, raw + 5, rtol=0.01)
+
+
+def test_unseen_combination_does_not_add_a_single_without_effect():
+    # "A" moves the cells; "N" is drawn from the control distribution (no effect). The additive
+    # prediction of "A+N" should be A's shift, not A's plus N's sampling noise.
+    rng = np.random.default_rng(3)
+    d = 10
+    control = rng.normal(size=(300, d))
+    a_target = rng.normal(size=(120, d)) + np.r_[2.0, np.zeros(d - 1)]
+    n_target = rng.normal(size=(120, d))
+    cmap = ConditionalTransportMap(**{**FAST, "residual": 0.0}).fit(
+        [control] * 2, [a_target, n_target], ["A", "N"])
+    matrix, offset, kind = cmap.linear_part(cmap.condition("A+N"))
+    assert kind == "additive"
+    np.testing.assert_allclose(matrix, np.eye(d))
+    np.testing.assert_allclose(offset, cmap.shift_[0] + cmap.shift_[1])
+    raw_n = n_target.mean(0) - control.mean(0)
+    assert np.linalg.norm(cmap.shift_[1]) < 0.5 * np.linalg.norm(raw_n / cmap.scale_)
+    predicted = cmap.transport(control, "A+N").mean(0) - control.mean(0)
+    raw_additive = a_target.mean(0) - control.mean(0) + raw_n
+    truth = np.r_[2.0, np.zeros(d - 1)]
+    assert np.linalg.norm(predicted - truth) < np.linalg.norm(raw_additive - truth)
 
 
 def test_unseen_single_and_bad_conditions_are_refused():
