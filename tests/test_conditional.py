@@ -19,7 +19,7 @@ from hycnn_sc.models import (
     potential_gradient,
 )
 from hycnn_sc.models.conditional import ConditionEncoder
-from hycnn_sc.models.conditional_transport import shrunk_mean_shift
+from hycnn_sc.models.conditional_transport import _moments, shrunk_mean_shift
 
 
 def _randomise(potential: torch.nn.Module, seed: int) -> None:
@@ -146,6 +146,10 @@ def test_fit_transport_seen_and_unseen_conditions():
     np.testing.assert_allclose(predicted.mean(0)[:2], [2, 2], atol=0.3)
 
 
+def _shrunk(source, target):
+    return shrunk_mean_shift(*_moments(source), *_moments(target))
+
+
 def test_shrunk_mean_shift_follows_the_james_stein_factor():
     rng = np.random.default_rng(0)
     source, target = rng.normal(size=(200, 8)), rng.normal(size=(100, 8)) + 0.3
@@ -153,15 +157,15 @@ def test_shrunk_mean_shift_follows_the_james_stein_factor():
     noise = source.var(0, ddof=1).sum() / 200 + target.var(0, ddof=1).sum() / 100
     factor = 1 - (8 - 2) * noise / (8 * raw @ raw)
     assert 0 < factor < 1
-    np.testing.assert_allclose(shrunk_mean_shift(source, target), factor * raw, rtol=1e-10)
+    np.testing.assert_allclose(_shrunk(source, target), factor * raw, rtol=1e-10)
     # A shift within its noise is set to zero (positive part), not flipped.
-    tiny = shrunk_mean_shift(source, source[:100] + 1e-3)
-    np.testing.assert_array_equal(tiny, np.zeros(8))
+    np.testing.assert_array_equal(_shrunk(source, source[:100] + 1e-3), np.zeros(8))
     # Fewer than three features: James–Stein does not apply, the raw shift is returned.
-    np.testing.assert_allclose(shrunk_mean_shift(source[:, :2], target[:, :2]), raw[:2])
-    # A clear shift is barely touched.
-    clear = shrunk_mean_shift(source, target + 5)
-    np.testing.assert_allclose(clear, raw + 5, rtol=0.01)
+    np.testing.assert_allclose(_shrunk(source[:, :2], target[:, :2]), raw[:2])
+    # A clear shift is barely touched; a single cell has no noise estimate (raw shift).
+    np.testing.assert_allclose(_shrunk(source, target + 5), raw + 5, rtol=0.01)
+    assert _moments(target[:1])[1] == 0.0
+    np.testing.assert_allclose(_shrunk(source[:1], target[:1]), target[0] - source[0])
 
 
 def test_unseen_combination_does_not_add_a_single_without_effect():

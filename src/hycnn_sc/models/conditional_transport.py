@@ -373,7 +373,12 @@ class ConditionalTransportMap(MinimaxEstimator):
         self.context_means_ = data.means
         self.context_summaries_ = data.summaries
         self.in_features_ = data.standard[0][0].shape[1]
-        self.shift_ = np.stack([shrunk_mean_shift(s, t) for s, t in data.standard])
+        controls: dict[int, tuple[np.ndarray, float]] = {}  # shared controls: moments once
+        for source, _ in data.standard:
+            if id(source) not in controls:
+                controls[id(source)] = _moments(source)
+        self.shift_ = np.stack([shrunk_mean_shift(*controls[id(s)], *_moments(t))
+                                for s, t in data.standard])
         self.transfer_ = self._transfer_parts(data.standard, shrinkages, rng)
         self.seed_ = seed
         self.device_ = str(device)
@@ -1002,38 +1007,47 @@ def _summary(standard: np.ndarray) -> np.ndarray:
     return np.concatenate([standard.mean(axis=0), np.log(std)]).astype(np.float32)
 
 
-def shrunk_mean_shift(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+def shrunk_mean_shift(source_mean: np.ndarray, source_noise: float, target_mean: np.ndarray,
+                      target_noise: float) -> np.ndarray:
     """Mean shift ``ȳ − x̄`` shrunk towards zero by the positive-part James–Stein rule.
 
-    With ``v = Σⱼ var(xⱼ)/n_x + Σⱼ var(yⱼ)/n_y`` the sampling variance of the shift summed
-    over the ``d`` features, the shift is multiplied by ``max(0, 1 − (d − 2) v / (d ‖ȳ − x̄‖²))``:
-    a shift no larger than its noise becomes (close to) zero, a clear one is barely touched.
-    This is what makes the additive prediction of a combination robust to a single whose
-    effect was not measurable (on the Perturb-seq K562 doubles it lowered the held-out energy
-    distance of every double with a real effect below the better single's; see
-    ``benchmarks/results_conditional.txt``). With ``d < 3`` the rule does not apply and the
-    raw shift is returned.
+    ``*_noise`` is the sampling variance of each mean summed over the ``d`` features
+    (``Σⱼ var(xⱼ) / n``, as ``_moments`` returns it). With ``v`` their sum, the shift is
+    multiplied by ``max(0, 1 − (d − 2) v / (d ‖ȳ − x̄‖²))``: a shift no larger than its noise
+    becomes (close to) zero, a clear one is barely touched. This is what makes the additive
+    prediction of a combination robust to a single whose effect was not measurable (on the
+    Perturb-seq K562 doubles it lowered the held-out energy distance of every double with a
+    real effect below the better single's; see ``benchmarks/results_conditional.txt``). With
+    ``d < 3`` the rule does not apply and the raw shift is returned.
 
     Examples
     --------
     >>> rng = np.random.default_rng(0)
-    >>> control = rng.normal(size=(100, 30))
-    >>> noise_only = rng.normal(size=(100, 30))  # raw shift norm 0.84: pure sampling noise
-    >>> round(float(np.linalg.norm(shrunk_mean_shift(control, noise_only))), 2)
+    >>> control = _moments(rng.normal(size=(100, 30)))
+    >>> noise_only = _moments(rng.normal(size=(100, 30)))  # raw shift norm 0.84: sampling noise
+    >>> round(float(np.linalg.norm(shrunk_mean_shift(*control, *noise_only))), 2)
     0.19
-    >>> clear = rng.normal(size=(100, 30)) + 3.0  # raw shift norm 16.76
-    >>> round(float(np.linalg.norm(shrunk_mean_shift(control, clear))), 2)
+    >>> clear = _moments(rng.normal(size=(100, 30)) + 3.0)  # raw shift norm 16.76
+    >>> round(float(np.linalg.norm(shrunk_mean_shift(*control, *clear))), 2)
     16.73
     """
-    shift = target.mean(axis=0, dtype=np.float64) - source.mean(axis=0, dtype=np.float64)
+    shift = target_mean - source_mean
     d = shift.shape[0]
     if d < 3:
         return shift
-    noise = sum(float(a.var(axis=0, ddof=1, dtype=np.float64).sum()) / len(a)
-                for a in (source, target) if len(a) >= 2)
     norm = float(shift @ shift)
+    noise = source_noise + target_noise
     factor = max(0.0, 1.0 - (d - 2) * noise / (d * norm)) if norm > 0 else 0.0
     return factor * shift
+
+
+def _moments(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Mean (float64) of the rows and its sampling variance summed over the features
+    (0 for a single row)."""
+    mean = points.mean(axis=0, dtype=np.float64)
+    if len(points) < 2:
+        return mean, 0.0
+    return mean, float(points.var(axis=0, ddof=1, dtype=np.float64).sum()) / len(points)
 
 
 def _held_mask(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
