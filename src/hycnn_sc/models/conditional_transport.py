@@ -126,9 +126,9 @@ class ConditionalTransportMap(MinimaxEstimator):
     time its own (shrunk) Gaussian OT map; for an unseen one the average of the same
     perturbation's linear maps in the other contexts (or doses) where it was measured, or else
     the sum of its singles' mean shifts (the additive baseline; each shift shrunk towards zero
-    by its sampling noise, so a single with no measurable effect adds nothing). ``λ`` (``residual="auto"``) is
-    kept above 0 only when the network beats the linear parts on held-out cells of the training
-    conditions by more than 1.645 bootstrap standard errors.
+    by its sampling noise, so a single with no measurable effect adds nothing). ``λ``
+    (``residual="auto"``) is kept above 0 only when the network beats the linear parts on
+    held-out cells of the training conditions by more than 1.645 bootstrap standard errors.
 
     Parameters
     ----------
@@ -373,12 +373,9 @@ class ConditionalTransportMap(MinimaxEstimator):
         self.context_means_ = data.means
         self.context_summaries_ = data.summaries
         self.in_features_ = data.standard[0][0].shape[1]
-        controls: dict[int, tuple[np.ndarray, float]] = {}  # shared controls: moments once
-        for source, _ in data.standard:
-            if id(source) not in controls:
-                controls[id(source)] = _moments(source)
-        self.shift_ = np.stack([shrunk_mean_shift(*controls[id(s)], *_moments(t))
-                                for s, t in data.standard])
+        self.shift_ = np.stack([
+            shrunk_mean_shift(*data.shared.once(k, "moments", lambda s=s: _moments(s)), *_moments(t))
+            for k, (s, t) in enumerate(data.standard)])
         self.transfer_ = self._transfer_parts(data.standard, shrinkages, rng)
         self.seed_ = seed
         self.device_ = str(device)

@@ -216,9 +216,9 @@ class TransportMap(MinimaxEstimator):
         stopped cycles that the rule would have continued (this errs towards False: on the
         Wasserstein-2 benchmark, 10,000 points a side, a seventh cycle past the cap was
         rejected at D = 16 and D = 64); with a fixed budget (judged by the held-out energy
-        distance of its 20 checks) when the final iterate beat the iterate halfway through the schedule by more than
-        1.2816 of them (one-sided 10 %: a false "converged" misleads more than a false
-        warning), or the held-out energy of the second half fell with a least-squares slope
+        distance of its 20 checks) when the final iterate beat the iterate halfway through
+        the schedule by more than 1.2816 of them (one-sided 10 %: a false "converged"
+        misleads more than a false warning), or the held-out energy of the second half fell with a least-squares slope
         more than 1.2816 of its standard errors below zero.
     w2_squared_ : float
         Semi-dual estimate of the squared 2-Wasserstein distance (original units), measured on
